@@ -1,0 +1,655 @@
+//! Server configuration: TOML file and command-line overrides → typed, range-checked values.
+//!
+//! The file is read once at start. Every option has a safe default, so `framegate serve`
+//! with no file runs the embedded configuration. Unknown keys and out-of-range values are
+//! rejected with a message that names the key, the value and the allowed range; the binary
+//! maps that to exit status 2. Later code never re-checks these values.
+//!
+//! Secrets never come from the command line or the file itself: the file names an
+//! environment variable or a file that holds the HMAC secret, or a PEM file with a public key.
+//! This module reads no secret; `runtime` resolves them at start.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::message::{FieldKind, MessageRules, RequiredField};
+
+/// Where valid messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Send each valid message back to its sender (conformance runs and benchmarks).
+    Echo,
+    /// The embedded chat app: deliver a message with `to` to every connection of that user.
+    Relay,
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "echo" => Ok(Self::Echo),
+            "relay" => Ok(Self::Relay),
+            other => Err(format!(
+                "invalid backend {other:?}: expected \"echo\" or \"relay\""
+            )),
+        }
+    }
+}
+
+/// A configuration that failed to load or validate. The message names the key, the value and
+/// what is allowed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {value} ({allowed})")]
+    Range {
+        key: &'static str,
+        value: String,
+        allowed: &'static str,
+    },
+}
+
+/// JWT settings, as written in the `[auth]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Reject upgrades without a token (401). When false, a connection without a token gets
+    /// an anonymous user id `anon-<connection id>`; a token that is present is still verified.
+    pub required: bool,
+    /// Allowed JWT algorithms, all of one key family, for example `["HS256"]` or
+    /// `["RS256", "PS256"]` (one RSA key).
+    pub algorithms: Vec<String>,
+    /// Environment variable that holds the HMAC secret (HS*).
+    pub secret_env: Option<String>,
+    /// File that holds the HMAC secret (HS*); surrounding whitespace is trimmed.
+    pub secret_file: Option<PathBuf>,
+    /// PEM file with the public key (RS*, PS*, ES*, EdDSA).
+    pub public_key_file: Option<PathBuf>,
+    /// PEM file with the private key, used only by `framegate token` to mint tokens.
+    pub private_key_file: Option<PathBuf>,
+    /// Required `iss` claim, when set.
+    pub issuer: Option<String>,
+    /// Required `aud` claim, when set. When unset, a token that carries `aud` is rejected
+    /// (RFC 7519 §4.1.3), so set this if the identity provider always adds one.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
+    /// Read the token from `Authorization: Bearer <token>`.
+    pub bearer_header: bool,
+    /// Query parameter that carries the token; empty string disables it.
+    pub query_param: String,
+    /// Subprotocol marker: the client offers `Sec-WebSocket-Protocol: <marker>, <token>` and
+    /// the server answers with the marker only. Empty string disables it.
+    pub protocol_marker: String,
+    /// Cookie that carries the token; empty string disables it.
+    pub cookie: String,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            required: true,
+            algorithms: vec!["HS256".to_owned()],
+            secret_env: Some("FRAMEGATE_JWT_SECRET".to_owned()),
+            secret_file: None,
+            public_key_file: None,
+            private_key_file: None,
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+            bearer_header: true,
+            query_param: "access_token".to_owned(),
+            protocol_marker: "framegate.jwt".to_owned(),
+            cookie: "framegate_token".to_owned(),
+        }
+    }
+}
+
+/// The file as written: every key optional, unknown keys rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    listen: String,
+    workers: usize,
+    path: String,
+    backend: BackendKind,
+    subprotocols: Vec<String>,
+    max_request_head_bytes: usize,
+    max_headers: usize,
+    max_message_bytes: usize,
+    allow_binary: Option<bool>,
+    json: bool,
+    max_json_depth: usize,
+    required_fields: BTreeMap<String, String>,
+    rate_per_sec: u32,
+    burst: u32,
+    user_rate_per_sec: u32,
+    user_burst: u32,
+    max_violations: u32,
+    max_connections: usize,
+    max_connections_per_user: usize,
+    upgrade_rate_per_ip: u32,
+    upgrade_burst_per_ip: u32,
+    max_outbound_bytes: usize,
+    read_buffer_bytes: usize,
+    handshake_timeout_ms: u64,
+    close_timeout_ms: u64,
+    delivery_queue: usize,
+    auth: AuthSettings,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        let mut required_fields = BTreeMap::new();
+        required_fields.insert("conversation_id".to_owned(), "string".to_owned());
+        required_fields.insert("content".to_owned(), "string".to_owned());
+        Self {
+            listen: "127.0.0.1:8080".to_owned(),
+            workers: 0,
+            path: "/ws".to_owned(),
+            backend: BackendKind::Relay,
+            subprotocols: Vec::new(),
+            max_request_head_bytes: 8192,
+            max_headers: 64,
+            max_message_bytes: 10_240,
+            allow_binary: None,
+            json: true,
+            max_json_depth: 32,
+            required_fields,
+            rate_per_sec: 50,
+            burst: 100,
+            user_rate_per_sec: 0,
+            user_burst: 0,
+            max_violations: 10,
+            max_connections: 100_000,
+            max_connections_per_user: 32,
+            upgrade_rate_per_ip: 50,
+            upgrade_burst_per_ip: 100,
+            max_outbound_bytes: 1 << 20,
+            read_buffer_bytes: 16 * 1024,
+            handshake_timeout_ms: 10_000,
+            close_timeout_ms: 1_000,
+            delivery_queue: 4096,
+            auth: AuthSettings::default(),
+        }
+    }
+}
+
+/// Effective configuration, range-checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Public listen address (one SO_REUSEPORT listener per worker).
+    pub listen: SocketAddr,
+    /// Worker threads, one per core; 0 in the file means "the cores available to the process".
+    pub workers: usize,
+    /// Request-target path that accepts upgrades; other paths get 404.
+    pub path: String,
+    /// Where valid messages go.
+    pub backend: BackendKind,
+    /// Application subprotocols the server can select (first client offer that matches).
+    pub subprotocols: Vec<String>,
+    /// Largest request head accepted before 431 (bytes). Stops oversized and slow-drip heads.
+    pub max_request_head_bytes: usize,
+    /// Most header fields accepted before 431.
+    pub max_headers: usize,
+    /// Largest message, one frame or assembled from fragments (bytes). Above it: close 1009.
+    pub max_message_bytes: usize,
+    /// Accept binary messages; otherwise close 1003. Defaults to `!json`.
+    pub allow_binary: bool,
+    /// Structure and required-field rules applied to every text message.
+    pub message_rules: MessageRules,
+    /// Per-connection message rate (messages per second); 0 disables the limit.
+    pub rate_per_sec: u32,
+    /// Per-connection burst (messages).
+    pub burst: u32,
+    /// Per-user message rate shared by all of a user's connections; 0 disables it.
+    pub user_rate_per_sec: u32,
+    /// Per-user burst (messages).
+    pub user_burst: u32,
+    /// Consecutive rejected messages that close the connection with 1008.
+    pub max_violations: u32,
+    /// Open connections per process; above it upgrades get 503.
+    pub max_connections: usize,
+    /// Open connections per user id; above it upgrades get 429.
+    pub max_connections_per_user: usize,
+    /// Upgrades per second per client IP address; 0 disables the limit.
+    pub upgrade_rate_per_ip: u32,
+    /// Upgrade burst per client IP address.
+    pub upgrade_burst_per_ip: u32,
+    /// Bytes queued for one connection before it is closed as a slow consumer (1008).
+    pub max_outbound_bytes: usize,
+    /// Bytes requested per socket read.
+    pub read_buffer_bytes: usize,
+    /// Time from accept to a complete upgrade request before the socket is closed with 408.
+    pub handshake_timeout: Duration,
+    /// Time the server waits for the client's TCP close after sending a close frame.
+    pub close_timeout: Duration,
+    /// Capacity of each worker's inbound delivery queue (messages).
+    pub delivery_queue: usize,
+    /// JWT settings.
+    pub auth: AuthSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        match Self::from_file_config(FileConfig::default()) {
+            Ok(config) => config,
+            Err(err) => unreachable!("embedded defaults must validate: {err}"),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document. `origin` names it in error messages.
+    pub fn from_toml(text: &str, origin: &std::path::Path) -> Result<Self, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: err.to_string().trim_end().replace('\n', " "),
+        })?;
+        Self::from_file_config(file)
+    }
+
+    /// Reads and parses a TOML file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    fn from_file_config(file: FileConfig) -> Result<Self, ConfigError> {
+        let listen: SocketAddr = file.listen.parse().map_err(|_| ConfigError::Range {
+            key: "listen",
+            value: format!("{:?}", file.listen),
+            allowed: "an IP address and port such as 127.0.0.1:8080 or [::1]:8080",
+        })?;
+        check_range(
+            "workers",
+            file.workers,
+            0,
+            1024,
+            "0 (one per available core) to 1024",
+        )?;
+        if !file.path.starts_with('/') || file.path.bytes().any(|b| b <= b' ' || b == b'?') {
+            return Err(ConfigError::Range {
+                key: "path",
+                value: format!("{:?}", file.path),
+                allowed: "an absolute path starting with '/', without spaces or '?'",
+            });
+        }
+        check_range(
+            "max_request_head_bytes",
+            file.max_request_head_bytes,
+            256,
+            1 << 20,
+            "256 to 1048576 bytes",
+        )?;
+        check_range("max_headers", file.max_headers, 8, 1024, "8 to 1024")?;
+        check_range(
+            "max_message_bytes",
+            file.max_message_bytes,
+            1,
+            64 << 20,
+            "1 to 67108864 bytes",
+        )?;
+        check_range("max_json_depth", file.max_json_depth, 1, 512, "1 to 512")?;
+        check_range("burst", file.burst as usize, 1, 1_000_000, "1 to 1000000")?;
+        if file.user_rate_per_sec > 0 {
+            check_range(
+                "user_burst",
+                file.user_burst as usize,
+                1,
+                1_000_000,
+                "1 to 1000000 when user_rate_per_sec is set",
+            )?;
+        }
+        check_range(
+            "max_violations",
+            file.max_violations as usize,
+            1,
+            1_000_000,
+            "1 to 1000000",
+        )?;
+        check_range(
+            "max_connections",
+            file.max_connections,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )?;
+        check_range(
+            "max_connections_per_user",
+            file.max_connections_per_user,
+            1,
+            1_000_000,
+            "1 to 1000000",
+        )?;
+        if file.upgrade_rate_per_ip > 0 {
+            check_range(
+                "upgrade_burst_per_ip",
+                file.upgrade_burst_per_ip as usize,
+                1,
+                1_000_000,
+                "1 to 1000000 when upgrade_rate_per_ip is set",
+            )?;
+        }
+        check_range(
+            "max_outbound_bytes",
+            file.max_outbound_bytes,
+            4096,
+            1 << 30,
+            "4096 to 1073741824 bytes",
+        )?;
+        check_range(
+            "read_buffer_bytes",
+            file.read_buffer_bytes,
+            512,
+            16 << 20,
+            "512 to 16777216 bytes",
+        )?;
+        check_range(
+            "handshake_timeout_ms",
+            file.handshake_timeout_ms as usize,
+            10,
+            600_000,
+            "10 to 600000 milliseconds",
+        )?;
+        check_range(
+            "close_timeout_ms",
+            file.close_timeout_ms as usize,
+            0,
+            60_000,
+            "0 to 60000 milliseconds",
+        )?;
+        check_range(
+            "delivery_queue",
+            file.delivery_queue,
+            16,
+            1 << 20,
+            "16 to 1048576",
+        )?;
+        if file.auth.algorithms.is_empty() {
+            return Err(ConfigError::Range {
+                key: "auth.algorithms",
+                value: "[]".to_owned(),
+                allowed: "a non-empty list such as [\"HS256\"]",
+            });
+        }
+
+        let mut required = Vec::with_capacity(file.required_fields.len());
+        for (name, kind) in &file.required_fields {
+            let kind = parse_field_kind(kind).ok_or_else(|| ConfigError::Range {
+                key: "required_fields",
+                value: format!("{name} = {kind:?}"),
+                allowed: "one of \"string\", \"number\", \"bool\", \"object\", \"array\", \"null\", \"any\"",
+            })?;
+            required.push(RequiredField {
+                name: name.clone(),
+                kind,
+            });
+        }
+
+        // The relay needs a recipient: a message without `to` gets missing_field, like any
+        // other required field.
+        if file.backend == BackendKind::Relay && !required.iter().any(|field| field.name == "to") {
+            required.push(RequiredField {
+                name: "to".to_owned(),
+                kind: FieldKind::String,
+            });
+        }
+
+        let workers = if file.workers == 0 {
+            available_cores()
+        } else {
+            file.workers
+        };
+        Ok(Self {
+            listen,
+            workers,
+            path: file.path,
+            backend: file.backend,
+            subprotocols: file.subprotocols,
+            max_request_head_bytes: file.max_request_head_bytes,
+            max_headers: file.max_headers,
+            max_message_bytes: file.max_message_bytes,
+            allow_binary: file.allow_binary.unwrap_or(!file.json),
+            message_rules: MessageRules {
+                json: file.json,
+                max_json_depth: file.max_json_depth,
+                required,
+            },
+            rate_per_sec: file.rate_per_sec,
+            burst: file.burst,
+            user_rate_per_sec: file.user_rate_per_sec,
+            user_burst: file.user_burst,
+            max_violations: file.max_violations,
+            max_connections: file.max_connections,
+            max_connections_per_user: file.max_connections_per_user,
+            upgrade_rate_per_ip: file.upgrade_rate_per_ip,
+            upgrade_burst_per_ip: file.upgrade_burst_per_ip,
+            max_outbound_bytes: file.max_outbound_bytes,
+            read_buffer_bytes: file.read_buffer_bytes,
+            handshake_timeout: Duration::from_millis(file.handshake_timeout_ms),
+            close_timeout: Duration::from_millis(file.close_timeout_ms),
+            delivery_queue: file.delivery_queue,
+            auth: file.auth,
+        })
+    }
+
+    /// Sets the worker count from a command-line flag, with the same range as the file.
+    pub fn set_workers(&mut self, workers: usize) -> Result<(), ConfigError> {
+        check_range(
+            "workers",
+            workers,
+            0,
+            1024,
+            "0 (one per available core) to 1024",
+        )?;
+        self.workers = if workers == 0 {
+            available_cores()
+        } else {
+            workers
+        };
+        Ok(())
+    }
+}
+
+/// Renders the effective configuration as TOML-like lines for logs and `check-config`.
+/// Holds no secret: only the names of the variable and files that hold them.
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "listen = \"{}\"", self.listen)?;
+        writeln!(f, "workers = {}", self.workers)?;
+        writeln!(f, "path = {:?}", self.path)?;
+        let backend = match self.backend {
+            BackendKind::Echo => "echo",
+            BackendKind::Relay => "relay",
+        };
+        writeln!(f, "backend = \"{backend}\"")?;
+        writeln!(f, "subprotocols = {:?}", self.subprotocols)?;
+        writeln!(
+            f,
+            "max_request_head_bytes = {}",
+            self.max_request_head_bytes
+        )?;
+        writeln!(f, "max_headers = {}", self.max_headers)?;
+        writeln!(f, "max_message_bytes = {}", self.max_message_bytes)?;
+        writeln!(f, "allow_binary = {}", self.allow_binary)?;
+        writeln!(f, "json = {}", self.message_rules.json)?;
+        writeln!(f, "max_json_depth = {}", self.message_rules.max_json_depth)?;
+        let fields: Vec<String> = self
+            .message_rules
+            .required
+            .iter()
+            .map(|field| format!("{} = \"{}\"", field.name, field.kind.name()))
+            .collect();
+        writeln!(f, "required_fields = {{ {} }}", fields.join(", "))?;
+        writeln!(f, "rate_per_sec = {}", self.rate_per_sec)?;
+        writeln!(f, "burst = {}", self.burst)?;
+        writeln!(f, "user_rate_per_sec = {}", self.user_rate_per_sec)?;
+        writeln!(f, "user_burst = {}", self.user_burst)?;
+        writeln!(f, "max_violations = {}", self.max_violations)?;
+        writeln!(f, "max_connections = {}", self.max_connections)?;
+        writeln!(
+            f,
+            "max_connections_per_user = {}",
+            self.max_connections_per_user
+        )?;
+        writeln!(f, "upgrade_rate_per_ip = {}", self.upgrade_rate_per_ip)?;
+        writeln!(f, "upgrade_burst_per_ip = {}", self.upgrade_burst_per_ip)?;
+        writeln!(f, "max_outbound_bytes = {}", self.max_outbound_bytes)?;
+        writeln!(f, "read_buffer_bytes = {}", self.read_buffer_bytes)?;
+        writeln!(
+            f,
+            "handshake_timeout_ms = {}",
+            self.handshake_timeout.as_millis()
+        )?;
+        writeln!(f, "close_timeout_ms = {}", self.close_timeout.as_millis())?;
+        writeln!(f, "delivery_queue = {}", self.delivery_queue)?;
+        let auth = &self.auth;
+        writeln!(f, "[auth]")?;
+        writeln!(f, "required = {}", auth.required)?;
+        writeln!(f, "algorithms = {:?}", auth.algorithms)?;
+        writeln!(f, "secret_env = {:?}", auth.secret_env)?;
+        writeln!(f, "secret_file = {:?}", auth.secret_file)?;
+        writeln!(f, "public_key_file = {:?}", auth.public_key_file)?;
+        writeln!(f, "private_key_file = {:?}", auth.private_key_file)?;
+        writeln!(f, "issuer = {:?}", auth.issuer)?;
+        writeln!(f, "audience = {:?}", auth.audience)?;
+        writeln!(f, "leeway_secs = {}", auth.leeway_secs)?;
+        writeln!(f, "bearer_header = {}", auth.bearer_header)?;
+        writeln!(f, "query_param = {:?}", auth.query_param)?;
+        writeln!(f, "protocol_marker = {:?}", auth.protocol_marker)?;
+        write!(f, "cookie = {:?}", auth.cookie)
+    }
+}
+
+fn check_range(
+    key: &'static str,
+    value: usize,
+    min: usize,
+    max: usize,
+    allowed: &'static str,
+) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::Range {
+        key,
+        value: value.to_string(),
+        allowed,
+    })
+}
+
+fn parse_field_kind(text: &str) -> Option<FieldKind> {
+    Some(match text {
+        "any" => FieldKind::Any,
+        "array" => FieldKind::Array,
+        "bool" => FieldKind::Bool,
+        "null" => FieldKind::Null,
+        "number" => FieldKind::Number,
+        "object" => FieldKind::Object,
+        "string" => FieldKind::String,
+        _ => return None,
+    })
+}
+
+/// Cores this process may run on (respects taskset and cgroup CPU sets).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, std::path::Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_match_embedded_values() {
+        let config = Config::default();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.path, "/ws");
+        assert_eq!(config.backend, BackendKind::Relay);
+        assert_eq!(config.max_request_head_bytes, 8192);
+        assert_eq!(config.max_headers, 64);
+        assert_eq!(config.max_message_bytes, 10_240);
+        assert!(config.message_rules.json);
+        assert!(!config.allow_binary);
+        assert_eq!(config.max_violations, 10);
+        assert_eq!(config.auth.algorithms, vec!["HS256".to_owned()]);
+        assert_eq!(config.message_rules.required.len(), 3, "relay adds `to`");
+        assert!(config.workers >= 1);
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let err = parse("listen = \"127.0.0.1:1\"\nmax_mesage_bytes = 5\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("max_mesage_bytes"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_and_range() {
+        let err = parse("max_headers = 2\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid value for `max_headers`: 2 (8 to 1024)"
+        );
+    }
+
+    #[test]
+    fn allow_binary_defaults_to_not_json() {
+        let config = parse("json = false\nbackend = \"echo\"\n").unwrap();
+        assert!(config.allow_binary);
+        assert_eq!(config.backend, BackendKind::Echo);
+        let config = parse("json = false\nallow_binary = false\n").unwrap();
+        assert!(!config.allow_binary);
+    }
+
+    #[test]
+    fn required_fields_table_is_parsed() {
+        let config = parse("backend = \"echo\"\n[required_fields]\nbody = \"object\"\n").unwrap();
+        assert_eq!(config.message_rules.required.len(), 1);
+        assert_eq!(config.message_rules.required[0].kind, FieldKind::Object);
+        let err = parse("[required_fields]\nbody = \"blob\"\n").unwrap_err();
+        assert!(err.to_string().contains("body = \"blob\""), "{err}");
+    }
+
+    #[test]
+    fn bad_listen_and_path_are_rejected() {
+        assert!(parse("listen = \"localhost\"\n").is_err());
+        assert!(parse("path = \"ws\"\n").is_err());
+        assert!(parse("path = \"/ws?x\"\n").is_err());
+    }
+
+    #[test]
+    fn auth_table_overrides_defaults() {
+        let config = parse(
+            "[auth]\nalgorithms = [\"RS256\"]\npublic_key_file = \"k.pem\"\naudience = \"chat\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.auth.algorithms, vec!["RS256".to_owned()]);
+        assert_eq!(config.auth.audience.as_deref(), Some("chat"));
+        assert!(config.auth.required);
+        assert!(parse("[auth]\nalgorithms = []\n").is_err());
+    }
+}

@@ -1,0 +1,754 @@
+//! Per-connection protocol logic, without sockets or clocks: upgrade bytes in, a verdict out;
+//! frame bytes in, replies and accepted messages out.
+//!
+//! [`Handshake`] drives the incremental request parser and the RFC 6455 §4.2.1 checks and
+//! verifies the token (the caller passes the Unix time). [`Session`] runs after the 101: it
+//! takes the read buffer, decodes frames with [`MessageReader`], answers pings and closes,
+//! applies the message checks in a fixed order (size and UTF-8 in the reader, then JSON and
+//! required fields, then the per-connection and per-user rates) and hands valid messages to
+//! the caller. Everything to send goes into an [`Outbox`], so all frames produced by one read
+//! leave in one `writev`.
+//!
+//! This module does no I/O. Admission limits that need process-wide state (per-IP rate,
+//! connection caps) and delivery to other connections belong to `runtime`.
+
+#![forbid(unsafe_code)]
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::{Claims, Verifier};
+use crate::config::Config;
+use crate::frame::reader::{Event, MessageKind, MessageReader, ReaderConfig};
+use crate::frame::{CloseCode, OpCode, encode};
+use crate::handshake::{self, HandshakeConfig, RejectReason, TokenSource, Upgrade};
+use crate::http::{ParserLimits, RequestParser, Status};
+use crate::message::{self, MessageRules};
+use crate::ratelimit::{Decision, TokenBucket};
+
+/// Payloads up to this size are copied next to their frame header instead of getting an
+/// iovec of their own: below it, the copy costs less than the extra iovec and keeps the
+/// iovec count of a pipelined burst bounded.
+pub const INLINE_PAYLOAD_MAX: usize = 256;
+
+/// Largest close reason that fits in a control frame (125 bytes minus the 2-byte code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// Bytes queued for the socket, as a list of segments for one `writev`.
+///
+/// Small frames are gathered into one contiguous segment; large payloads are queued as the
+/// `Bytes` they arrived in, so they are never copied.
+#[derive(Default)]
+pub struct Outbox {
+    segments: Vec<Bytes>,
+    gather: BytesMut,
+    queued_bytes: usize,
+}
+
+impl Outbox {
+    /// Queues one unfragmented server frame (never masked, RFC 6455 §5.1).
+    pub fn push_frame(&mut self, opcode: OpCode, payload: &Bytes) {
+        encode::encode_header(&mut self.gather, true, opcode, payload.len());
+        self.queued_bytes += header_len(payload.len()) + payload.len();
+        if payload.len() <= INLINE_PAYLOAD_MAX {
+            self.gather.extend_from_slice(payload);
+            return;
+        }
+        self.flush_gather();
+        self.segments.push(payload.clone());
+    }
+
+    /// Queues bytes that are already a complete frame (or several).
+    pub fn push_encoded(&mut self, frame: &Bytes) {
+        self.queued_bytes += frame.len();
+        if frame.len() <= INLINE_PAYLOAD_MAX {
+            self.gather.extend_from_slice(frame);
+            return;
+        }
+        self.flush_gather();
+        self.segments.push(frame.clone());
+    }
+
+    /// Queues a close frame with `code` and a reason truncated to fit a control frame.
+    pub fn push_close(&mut self, code: CloseCode, reason: &str) {
+        let before = self.gather.len();
+        encode::encode_close(&mut self.gather, code, reason);
+        self.queued_bytes += self.gather.len() - before;
+    }
+
+    /// Queues an error frame: a text message such as
+    /// `{"type":"error","code":"invalid_json","detail":"…","id":"c42"}`.
+    pub fn push_error(
+        &mut self,
+        code: &str,
+        detail: &str,
+        id: Option<&str>,
+        retry_ms: Option<u64>,
+    ) {
+        let mut text = Vec::with_capacity(96);
+        message::write_error(&mut text, code, detail, id, retry_ms);
+        self.push_frame(OpCode::Text, &Bytes::from(text));
+    }
+
+    /// Queues raw bytes that are not a frame (an HTTP response before the upgrade).
+    pub fn push_raw(&mut self, bytes: &[u8]) {
+        self.queued_bytes += bytes.len();
+        self.gather.extend_from_slice(bytes);
+    }
+
+    /// Bytes queued and not yet taken.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queued_bytes == 0
+    }
+
+    /// Drops everything queued (used when the peer is gone or too slow).
+    pub fn clear(&mut self) {
+        self.segments.clear();
+        self.gather.clear();
+        self.queued_bytes = 0;
+    }
+
+    /// Moves the queued segments into `into`, in order, leaving the outbox empty.
+    pub fn take_into(&mut self, into: &mut Vec<Bytes>) {
+        self.flush_gather();
+        into.append(&mut self.segments);
+        self.queued_bytes = 0;
+    }
+
+    fn flush_gather(&mut self) {
+        if !self.gather.is_empty() {
+            self.segments.push(self.gather.split().freeze());
+        }
+    }
+}
+
+/// Length of an unmasked server frame header for a payload of `len` bytes (RFC 6455 §5.2).
+fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65_535 => 4,
+        _ => 10,
+    }
+}
+
+/// Upgrade-phase state: the incremental request parser.
+pub struct Handshake {
+    parser: RequestParser,
+}
+
+/// What one call to [`Handshake::advance`] decided.
+pub enum HandshakeStep<'b> {
+    /// The request head is complete and passed every check.
+    Accept {
+        upgrade: Upgrade<'b>,
+        /// Bytes of the head, including the blank line; what follows is frame data.
+        head_len: usize,
+    },
+    /// More bytes are needed.
+    Partial,
+    /// Answer with this status and close.
+    Reject(RejectReason),
+}
+
+impl Handshake {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            parser: RequestParser::new(ParserLimits {
+                max_head_bytes: config.max_request_head_bytes,
+                max_headers: config.max_headers,
+            }),
+        }
+    }
+
+    /// Parses what has arrived so far (`buf` holds every byte received on the connection) and
+    /// checks the request once the head is complete.
+    pub fn advance<'b>(&mut self, buf: &'b [u8], config: &HandshakeConfig) -> HandshakeStep<'b> {
+        let request = match self.parser.parse(buf) {
+            Ok(Status::Complete(request)) => request,
+            Ok(Status::Partial) => return HandshakeStep::Partial,
+            Err(err) => return HandshakeStep::Reject(RejectReason::from(err)),
+        };
+        match handshake::check_request(&request, config) {
+            Ok(upgrade) => HandshakeStep::Accept {
+                upgrade,
+                head_len: request.head_len,
+            },
+            Err(reason) => HandshakeStep::Reject(reason),
+        }
+    }
+}
+
+/// Verifies the token of an accepted upgrade, or admits it anonymously when tokens are
+/// optional. Returns the claims of a verified token, `None` for an anonymous connection.
+pub fn authenticate(
+    upgrade: &Upgrade<'_>,
+    verifier: &Verifier,
+    token_required: bool,
+    now_unix: u64,
+) -> Result<Option<Claims>, RejectReason> {
+    let Some((_source, token)) = upgrade.token else {
+        if token_required {
+            return Err(RejectReason::MissingToken);
+        }
+        return Ok(None);
+    };
+    verifier
+        .verify(token, now_unix)
+        .map(Some)
+        .map_err(RejectReason::InvalidToken)
+}
+
+/// Names a token source for logs (never the token itself).
+pub fn token_source_name(source: TokenSource) -> &'static str {
+    match source {
+        TokenSource::Bearer => "authorization header",
+        TokenSource::Cookie => "cookie",
+        TokenSource::Protocol => "subprotocol",
+        TokenSource::Query => "query parameter",
+    }
+}
+
+/// Settings a [`Session`] needs, taken from [`Config`] once.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub max_message_bytes: usize,
+    pub allow_binary: bool,
+    pub rules: MessageRules,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub max_violations: u32,
+}
+
+impl From<&Config> for SessionConfig {
+    fn from(config: &Config) -> Self {
+        Self {
+            max_message_bytes: config.max_message_bytes,
+            allow_binary: config.allow_binary,
+            rules: config.message_rules.clone(),
+            rate_per_sec: config.rate_per_sec,
+            burst: config.burst,
+            max_violations: config.max_violations,
+        }
+    }
+}
+
+/// A message that passed every check, ready for the backend.
+#[derive(Clone)]
+pub struct Accepted {
+    pub kind: MessageKind,
+    /// The message as received (unmasked), shared with the read buffer.
+    pub payload: Bytes,
+    /// Raw JSON text of the client's `id`, if it sent one.
+    pub id: Option<Bytes>,
+    /// Recipient user id from the `to` field, if present.
+    pub to: Option<String>,
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accepted")
+            .field("kind", &self.kind)
+            .field("payload_len", &self.payload.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether the connection goes on after a call to [`Session::on_read`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// A close frame is queued (our own or the reply to the peer's): flush the outbox, shut
+    /// down the write side and wait briefly for the peer's TCP close.
+    Close {
+        code: CloseCode,
+        /// True when the peer started the close handshake.
+        by_peer: bool,
+    },
+}
+
+/// Per-connection frame and message state after the upgrade.
+pub struct Session {
+    reader: MessageReader,
+    bucket: Option<TokenBucket>,
+    violations: u32,
+    max_violations: u32,
+    rules: MessageRules,
+    closed: bool,
+}
+
+impl Session {
+    pub fn new(config: &SessionConfig, now: Instant) -> Self {
+        let bucket = (config.rate_per_sec > 0)
+            .then(|| TokenBucket::new(config.rate_per_sec, config.burst, now));
+        Self {
+            reader: MessageReader::new(ReaderConfig {
+                max_message_bytes: config.max_message_bytes,
+                allow_binary: config.allow_binary,
+            }),
+            bucket,
+            violations: 0,
+            max_violations: config.max_violations,
+            rules: config.rules.clone(),
+            closed: false,
+        }
+    }
+
+    /// True once a close frame has been queued; later input is discarded.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Bytes the frame in progress still needs, so the caller can size its next read.
+    pub fn bytes_wanted(&self) -> usize {
+        self.reader.bytes_wanted()
+    }
+
+    /// Bytes held by a fragmented message being assembled.
+    pub fn assembling_bytes(&self) -> usize {
+        self.reader.assembling_bytes()
+    }
+
+    /// Handles complete frames in `buf`: control replies, close and error frames go to `out`.
+    /// Stops after the first message that passes all checks, which is appended to `accepted`,
+    /// so the caller can queue the backend's reply in order; call again until a call accepts
+    /// nothing. `user_bucket` is the per-user rate shared by all of the user's connections,
+    /// when one is configured.
+    pub fn on_read(
+        &mut self,
+        buf: &mut BytesMut,
+        now: Instant,
+        out: &mut Outbox,
+        accepted: &mut Vec<Accepted>,
+        mut user_bucket: Option<&mut TokenBucket>,
+    ) -> Flow {
+        if self.closed {
+            // RFC 6455 §5.5.1: after sending a close frame the endpoint sends no more data,
+            // and what the peer sends before its own close is discarded.
+            buf.clear();
+            return Flow::Continue;
+        }
+        loop {
+            let event = match self.reader.next_event(buf) {
+                Ok(Some(event)) => event,
+                Ok(None) => return Flow::Continue,
+                Err(err) => {
+                    let code = CloseCode::from(&err);
+                    if code == CloseCode::UNSUPPORTED_DATA {
+                        out.push_error(
+                            "binary_not_allowed",
+                            "binary messages are not accepted; send JSON text",
+                            None,
+                            None,
+                        );
+                    }
+                    return self.close(out, code, &err.to_string(), false);
+                }
+            };
+            match event {
+                Event::Ping(payload) => out.push_frame(OpCode::Pong, &payload),
+                // RFC 6455 §5.5.3: an unsolicited pong needs no answer.
+                Event::Pong(_) => {}
+                Event::Close { code, reason } => {
+                    return self.answer_close(out, code, &reason);
+                }
+                Event::Message { kind, payload } => {
+                    let verdict =
+                        self.check_message(kind, payload, now, user_bucket.as_deref_mut());
+                    match verdict {
+                        Ok(message) => {
+                            self.violations = 0;
+                            accepted.push(message);
+                            // Return so the caller hands the message to the backend before
+                            // any later reply is queued: replies keep the order of the input.
+                            return Flow::Continue;
+                        }
+                        Err(rejection) => {
+                            rejection.write(out);
+                            self.violations += 1;
+                            if self.violations >= self.max_violations {
+                                let reason =
+                                    format!("{} consecutive rejected messages", self.violations);
+                                return self.close(
+                                    out,
+                                    CloseCode::POLICY_VIOLATION,
+                                    &reason,
+                                    false,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a close frame started by the server (policy, shutdown, slow consumer).
+    pub fn close(
+        &mut self,
+        out: &mut Outbox,
+        code: CloseCode,
+        reason: &str,
+        by_peer: bool,
+    ) -> Flow {
+        if !self.closed {
+            out.push_close(code, truncate_reason(reason));
+            self.closed = true;
+        }
+        Flow::Close { code, by_peer }
+    }
+
+    /// RFC 6455 §5.5.1: answer a close with a close, echoing the peer's status code.
+    fn answer_close(&mut self, out: &mut Outbox, code: Option<CloseCode>, _reason: &Bytes) -> Flow {
+        self.closed = true;
+        match code {
+            Some(code) => {
+                out.push_close(code, "");
+                Flow::Close {
+                    code,
+                    by_peer: true,
+                }
+            }
+            None => {
+                out.push_frame(OpCode::Close, &Bytes::new());
+                Flow::Close {
+                    code: CloseCode::NO_STATUS,
+                    by_peer: true,
+                }
+            }
+        }
+    }
+
+    /// JSON and required fields, then the per-connection and per-user rates, in that order.
+    fn check_message(
+        &mut self,
+        kind: MessageKind,
+        payload: Bytes,
+        now: Instant,
+        user_bucket: Option<&mut TokenBucket>,
+    ) -> Result<Accepted, Rejection> {
+        let mut id = None;
+        let mut to = None;
+        if kind == MessageKind::Text && self.rules.json {
+            match message::check(&payload, &self.rules) {
+                Ok(checked) => {
+                    id = checked.id.map(|raw| payload.slice_ref(raw.as_bytes()));
+                    to = checked.to.map(|to| to.into_owned());
+                }
+                Err(invalid) => {
+                    let id =
+                        message::client_id(&payload).map(|raw| payload.slice_ref(raw.as_bytes()));
+                    return Err(Rejection::Invalid { invalid, id });
+                }
+            }
+        }
+
+        let mut retry_after = None;
+        if let Some(bucket) = self.bucket.as_mut()
+            && let Decision::Throttle { retry_after: wait } = bucket.try_take(now)
+        {
+            retry_after = Some(wait);
+        }
+        if retry_after.is_none()
+            && let Some(bucket) = user_bucket
+            && let Decision::Throttle { retry_after: wait } = bucket.try_take(now)
+        {
+            retry_after = Some(wait);
+        }
+        if let Some(wait) = retry_after {
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            return Err(Rejection::RateLimited { retry_after_ms, id });
+        }
+
+        Ok(Accepted {
+            kind,
+            payload,
+            id,
+            to,
+        })
+    }
+}
+
+/// Why a message was rejected; each rejection becomes one error frame.
+enum Rejection {
+    Invalid {
+        invalid: message::Invalid,
+        id: Option<Bytes>,
+    },
+    RateLimited {
+        retry_after_ms: u64,
+        id: Option<Bytes>,
+    },
+}
+
+impl Rejection {
+    fn write(&self, out: &mut Outbox) {
+        match self {
+            Self::Invalid { invalid, id } => {
+                let detail = invalid.to_string();
+                out.push_error(invalid.code(), &detail, id_text(id), None);
+            }
+            Self::RateLimited { retry_after_ms, id } => {
+                let detail = format!("message rate exceeded; retry in {retry_after_ms} ms");
+                out.push_error("rate_limited", &detail, id_text(id), Some(*retry_after_ms));
+            }
+        }
+    }
+}
+
+fn id_text(id: &Option<Bytes>) -> Option<&str> {
+    id.as_ref().and_then(|raw| std::str::from_utf8(raw).ok())
+}
+
+/// Cuts a close reason to what fits in a control frame, on a character boundary.
+pub fn truncate_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_CLOSE_REASON {
+        return reason;
+    }
+    let mut end = MAX_CLOSE_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_config() -> SessionConfig {
+        let mut config = SessionConfig::from(&Config::default());
+        config.rate_per_sec = 2;
+        config.burst = 2;
+        config.max_violations = 3;
+        config
+    }
+
+    /// Builds a masked client frame.
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let mut frame = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            len @ 0..=125 => frame.push(0x80 | len as u8),
+            len @ 126..=65_535 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            len => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        frame
+    }
+
+    /// Splits the outbox into the server frames it holds: (opcode, payload).
+    fn server_frames(out: &mut Outbox) -> Vec<(u8, Vec<u8>)> {
+        let mut segments = Vec::new();
+        out.take_into(&mut segments);
+        let bytes: Vec<u8> = segments.iter().flat_map(|s| s.iter().copied()).collect();
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let opcode = bytes[at] & 0x0F;
+            assert_eq!(bytes[at + 1] & 0x80, 0, "server frames are never masked");
+            let (len, header) = match bytes[at + 1] & 0x7F {
+                126 => (
+                    u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize,
+                    4,
+                ),
+                127 => {
+                    let mut raw = [0u8; 8];
+                    raw.copy_from_slice(&bytes[at + 2..at + 10]);
+                    (u64::from_be_bytes(raw) as usize, 10)
+                }
+                len => (len as usize, 2),
+            };
+            frames.push((opcode, bytes[at + header..at + header + len].to_vec()));
+            at += header + len;
+        }
+        frames
+    }
+
+    type RunResult = (Flow, Vec<(u8, Vec<u8>)>, Vec<Accepted>);
+
+    fn run(session: &mut Session, input: &[u8], now: Instant) -> RunResult {
+        let mut buf = BytesMut::from(input);
+        let mut out = Outbox::default();
+        let mut accepted = Vec::new();
+        let flow = loop {
+            let before = accepted.len();
+            let flow = session.on_read(&mut buf, now, &mut out, &mut accepted, None);
+            if flow != Flow::Continue || accepted.len() == before {
+                break flow;
+            }
+        };
+        (flow, server_frames(&mut out), accepted)
+    }
+
+    const CHAT: &[u8] = br#"{"id":"c1","conversation_id":"k","content":"hi","to":"bob"}"#;
+
+    #[test]
+    fn session_valid_message_is_accepted_with_id_and_to() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let (flow, frames, accepted) = run(&mut session, &client_frame(true, 1, CHAT), now);
+        assert_eq!(flow, Flow::Continue);
+        assert!(frames.is_empty());
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(&accepted[0].payload[..], CHAT);
+        assert_eq!(accepted[0].id.as_deref(), Some(&b"\"c1\""[..]));
+        assert_eq!(accepted[0].to.as_deref(), Some("bob"));
+    }
+
+    #[test]
+    fn session_invalid_json_gets_error_frame_with_id() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let input = br#"{"id":"c42","conversation_id":"k"}"#;
+        let (flow, frames, accepted) = run(&mut session, &client_frame(true, 1, input), now);
+        assert_eq!(flow, Flow::Continue);
+        assert!(accepted.is_empty());
+        assert_eq!(frames.len(), 1);
+        let error: serde_json::Value = serde_json::from_slice(&frames[0].1).unwrap();
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], "missing_field");
+        assert_eq!(error["id"], "c42");
+    }
+
+    #[test]
+    fn session_rate_limit_rejects_third_message() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut input = Vec::new();
+        for _ in 0..3 {
+            input.extend(client_frame(true, 1, CHAT));
+        }
+        let (flow, frames, accepted) = run(&mut session, &input, now);
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(accepted.len(), 2);
+        assert_eq!(frames.len(), 1);
+        let error: serde_json::Value = serde_json::from_slice(&frames[0].1).unwrap();
+        assert_eq!(error["code"], "rate_limited");
+        assert!(error["retry_after_ms"].as_u64().unwrap() >= 1);
+        assert_eq!(error["id"], "c1");
+    }
+
+    #[test]
+    fn session_closes_after_max_violations() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut input = Vec::new();
+        for _ in 0..3 {
+            input.extend(client_frame(true, 1, b"not json"));
+        }
+        let (flow, frames, _) = run(&mut session, &input, now);
+        assert_eq!(
+            flow,
+            Flow::Close {
+                code: CloseCode::POLICY_VIOLATION,
+                by_peer: false
+            }
+        );
+        assert_eq!(frames.len(), 4);
+        assert_eq!(frames[3].0, 0x8);
+        assert_eq!(&frames[3].1[..2], &1008u16.to_be_bytes());
+        assert!(session.is_closed());
+    }
+
+    #[test]
+    fn session_valid_message_resets_violation_count() {
+        let now = Instant::now();
+        let mut config = session_config();
+        config.rate_per_sec = 0;
+        let mut session = Session::new(&config, now);
+        let mut input = Vec::new();
+        for _ in 0..5 {
+            input.extend(client_frame(true, 1, b"[]"));
+            input.extend(client_frame(true, 1, b"[]"));
+            input.extend(client_frame(true, 1, CHAT));
+        }
+        let (flow, frames, accepted) = run(&mut session, &input, now);
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(accepted.len(), 5);
+        assert_eq!(frames.len(), 10);
+    }
+
+    #[test]
+    fn session_ping_gets_pong_and_close_is_echoed() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut input = client_frame(true, 0x9, b"abc");
+        let mut close = 1000u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        input.extend(client_frame(true, 0x8, &close));
+        let (flow, frames, _) = run(&mut session, &input, now);
+        assert_eq!(
+            flow,
+            Flow::Close {
+                code: CloseCode::NORMAL,
+                by_peer: true
+            }
+        );
+        assert_eq!(frames[0], (0xA, b"abc".to_vec()));
+        assert_eq!(frames[1], (0x8, 1000u16.to_be_bytes().to_vec()));
+    }
+
+    #[test]
+    fn session_binary_not_allowed_sends_error_then_1003() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let (flow, frames, _) = run(&mut session, &client_frame(true, 0x2, b"\x00\x01"), now);
+        assert!(matches!(flow, Flow::Close { code, .. } if code == CloseCode::UNSUPPORTED_DATA));
+        let error: serde_json::Value = serde_json::from_slice(&frames[0].1).unwrap();
+        assert_eq!(error["code"], "binary_not_allowed");
+        assert_eq!(&frames[1].1[..2], &1003u16.to_be_bytes());
+    }
+
+    #[test]
+    fn session_input_after_close_is_discarded() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut out = Outbox::default();
+        session.close(&mut out, CloseCode::GOING_AWAY, "restart", false);
+        out.clear();
+        let (flow, frames, accepted) = run(&mut session, &client_frame(true, 1, CHAT), now);
+        assert_eq!(flow, Flow::Continue);
+        assert!(frames.is_empty());
+        assert!(accepted.is_empty());
+    }
+
+    #[test]
+    fn outbox_keeps_large_payload_as_own_segment() {
+        let mut out = Outbox::default();
+        let big = Bytes::from(vec![7u8; 4096]);
+        out.push_frame(OpCode::Binary, &Bytes::from_static(b"x"));
+        out.push_frame(OpCode::Binary, &big);
+        out.push_frame(OpCode::Text, &Bytes::from_static(b"y"));
+        assert_eq!(out.queued_bytes(), 3 + 4 + 4096 + 3);
+        let mut segments = Vec::new();
+        out.take_into(&mut segments);
+        assert_eq!(segments.len(), 3);
+        assert_eq!(
+            segments[1].as_ptr(),
+            big.as_ptr(),
+            "large payload is not copied"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn truncate_reason_respects_char_boundary() {
+        let reason = "é".repeat(100);
+        let cut = truncate_reason(&reason);
+        assert!(cut.len() <= MAX_CLOSE_REASON);
+        assert_eq!(cut.len() % 2, 0);
+    }
+}

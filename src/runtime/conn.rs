@@ -1,0 +1,274 @@
+//! One open connection on its owning worker: a reader task that runs the protocol
+//! [`Session`] over each read, and a writer task that sends everything queued in one
+//! `writev` per wake-up.
+//!
+//! Ending a connection: after a close frame is queued the writer flushes it and shuts down
+//! the write side (RFC 6455 §7.1.1: the server closes TCP first), and the reader keeps
+//! reading and discarding until the peer's FIN or `close_timeout`, so the kernel never
+//! answers unread data with a reset.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::sync::Notify;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use super::worker::Worker;
+use crate::conn::{Flow, Outbox, Session};
+use crate::frame::{CloseCode, OpCode};
+
+/// Most iovecs passed to one `writev` (Linux IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Smallest free space kept in the read buffer before a read.
+const MIN_READ_SPACE: usize = 512;
+
+/// The parts of a connection that other tasks of the worker touch: its outbox and wake-ups.
+pub(crate) struct ConnHandle {
+    pub id: u64,
+    pub user: String,
+    stream: Rc<TcpStream>,
+    outbox: RefCell<Outbox>,
+    /// Wakes the writer when the outbox gains bytes or the connection ends.
+    writer_wake: Notify,
+    /// Wakes the reader when someone else decides to end the connection.
+    reader_wake: Notify,
+    /// A close frame is queued: the writer shuts down the write side once the outbox is empty.
+    close_after_flush: Cell<bool>,
+    /// The socket failed or the connection ended: nothing more is written.
+    dead: Cell<bool>,
+    max_outbound_bytes: Cell<usize>,
+}
+
+impl ConnHandle {
+    pub(crate) fn new(id: u64, user: String, stream: Rc<TcpStream>) -> Self {
+        Self {
+            id,
+            user,
+            stream,
+            outbox: RefCell::new(Outbox::default()),
+            writer_wake: Notify::new(),
+            reader_wake: Notify::new(),
+            close_after_flush: Cell::new(false),
+            dead: Cell::new(false),
+            max_outbound_bytes: Cell::new(usize::MAX),
+        }
+    }
+
+    /// Queues raw bytes (the 101 response).
+    pub(crate) fn push_raw(&self, bytes: &[u8]) {
+        self.outbox.borrow_mut().push_raw(bytes);
+        self.writer_wake.notify_one();
+    }
+
+    /// Queues an encoded frame; false when the connection is closing and takes no more.
+    pub(crate) fn push_encoded(&self, frame: &Bytes) -> bool {
+        if self.close_after_flush.get() || self.dead.get() {
+            return false;
+        }
+        self.outbox.borrow_mut().push_encoded(frame);
+        self.after_push();
+        true
+    }
+
+    /// Queues one frame with `payload`.
+    pub(crate) fn push_frame(&self, opcode: OpCode, payload: &Bytes) {
+        if self.close_after_flush.get() || self.dead.get() {
+            return;
+        }
+        self.outbox.borrow_mut().push_frame(opcode, payload);
+        self.after_push();
+    }
+
+    /// Enforces the outbound bound, then wakes the writer.
+    fn after_push(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.queued_bytes() > self.max_outbound_bytes.get() {
+            // A peer that does not read would otherwise make the server buffer without
+            // limit. What is queued is dropped; the close frame goes out if the peer reads.
+            outbox.clear();
+            outbox.push_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+            self.close_after_flush.set(true);
+            self.reader_wake.notify_one();
+            tracing::debug!(conn = self.id, "closing slow consumer");
+        }
+        drop(outbox);
+        self.writer_wake.notify_one();
+    }
+}
+
+/// Runs the connection until it ends. `leftover` holds frame bytes that arrived with the
+/// upgrade request.
+pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: BytesMut) {
+    let shared = &worker.shared;
+    handle
+        .max_outbound_bytes
+        .set(shared.config.max_outbound_bytes);
+    let writer = tokio_uring::spawn(write_loop(Rc::clone(&handle)));
+
+    let read_size = shared.config.read_buffer_bytes;
+    let mut session = Session::new(&shared.session, Instant::now());
+    let mut buf = leftover;
+    let mut accepted = Vec::new();
+    let mut closing = false;
+
+    loop {
+        let now = Instant::now();
+        while !buf.is_empty() && !closing {
+            let flow = {
+                let mut out = handle.outbox.borrow_mut();
+                worker.with_user_bucket(&handle.user, |bucket| {
+                    session.on_read(&mut buf, now, &mut out, &mut accepted, bucket)
+                })
+            };
+            let dispatched = !accepted.is_empty();
+            worker.dispatch(&handle, &mut accepted);
+            if let Flow::Close { .. } = flow {
+                handle.close_after_flush.set(true);
+                closing = true;
+            }
+            if !dispatched {
+                break;
+            }
+        }
+        // One wake-up per read: everything queued above leaves in one writev.
+        handle.after_push();
+        if closing || handle.close_after_flush.get() {
+            break;
+        }
+
+        // Room for the rest of the frame in progress, at least one read's worth.
+        let wanted = session.bytes_wanted().max(read_size);
+        if buf.capacity() - buf.len() < MIN_READ_SPACE.min(wanted) {
+            buf.reserve(wanted);
+        }
+        let len = buf.len();
+        let capacity = buf.capacity();
+        let read = handle.stream.read(buf.slice(len..capacity));
+        let outcome = tokio::select! {
+            biased;
+            _ = handle.reader_wake.notified() => None,
+            done = read => Some(done),
+        };
+        let Some((result, slice)) = outcome else {
+            // The read stays in flight and keeps its buffer until the socket is shut down.
+            buf = BytesMut::new();
+            break;
+        };
+        buf = slice.into_inner();
+        match result {
+            Ok(0) => {
+                // Peer closed TCP without a close frame (status 1006 on its side).
+                handle.dead.set(true);
+                handle.writer_wake.notify_one();
+                let _ = writer.await;
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::debug!(conn = handle.id, error = %err, "read failed");
+                handle.dead.set(true);
+                handle.writer_wake.notify_one();
+                let _ = writer.await;
+                return;
+            }
+        }
+    }
+
+    linger(&handle, &shared.config, buf).await;
+    handle.dead.set(true);
+    handle.writer_wake.notify_one();
+    let _ = writer.await;
+}
+
+/// After a close frame is queued: read and discard until the peer's FIN or the close
+/// timeout, then shut the socket down (which also completes any read still in flight).
+async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: BytesMut) {
+    let deadline = tokio::time::Instant::now() + config.close_timeout;
+    buf.clear();
+    if buf.capacity() < 4096 {
+        buf.reserve(4096);
+    }
+    loop {
+        let capacity = buf.capacity();
+        let read = handle.stream.read(buf.slice(0..capacity));
+        let outcome = tokio::time::timeout_at(deadline, read).await;
+        let Ok((result, slice)) = outcome else {
+            break;
+        };
+        buf = slice.into_inner();
+        buf.clear();
+        match result {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+}
+
+/// Sends whatever is queued, one `writev` per batch, until the connection ends.
+async fn write_loop(handle: Rc<ConnHandle>) {
+    let mut segments: Vec<Bytes> = Vec::new();
+    loop {
+        if handle.dead.get() {
+            return;
+        }
+        if handle.outbox.borrow().is_empty() {
+            if handle.close_after_flush.get() {
+                // RFC 6455 §7.1.1: the server closes the TCP connection first.
+                let _ = handle.stream.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            handle.writer_wake.notified().await;
+            continue;
+        }
+        handle.outbox.borrow_mut().take_into(&mut segments);
+        if let Err(err) = write_all(&handle.stream, &mut segments).await {
+            tracing::debug!(conn = handle.id, error = %err, "write failed");
+            handle.dead.set(true);
+            handle.outbox.borrow_mut().clear();
+            handle.reader_wake.notify_one();
+            let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// Writes every segment, in order, resuming after partial writes.
+async fn write_all(stream: &TcpStream, segments: &mut Vec<Bytes>) -> std::io::Result<()> {
+    while !segments.is_empty() {
+        let count = segments.len().min(IOV_MAX);
+        let batch: Vec<Bytes> = segments.drain(..count).collect();
+        let (result, mut batch) = if batch.len() == 1 {
+            let mut single = batch;
+            let only = single.pop().unwrap_or_default();
+            let (result, only) = stream.write(only).submit().await;
+            (result, vec![only])
+        } else {
+            stream.writev(batch).await
+        };
+        let mut written = result?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        // Put back what the kernel did not take, in order, ahead of the rest.
+        let mut rest = Vec::new();
+        for mut segment in batch.drain(..) {
+            if written >= segment.len() {
+                written -= segment.len();
+                continue;
+            }
+            segment.advance(written);
+            written = 0;
+            rest.push(segment);
+        }
+        if !rest.is_empty() {
+            rest.append(segments);
+            *segments = rest;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The I/O shell: one pinned worker thread per core, each with its own tokio-uring runtime
+//! and its own SO_REUSEPORT listener on the public address.
+//!
+//! A connection is accepted and authenticated on whichever worker the kernel gives it, so
+//! JWT work spreads over the cores. The shard ring then names the worker that owns the
+//! user; when that is another worker, the socket and the bytes already read move there
+//! before the 101 is sent. All per-user state (the user's connections, the per-user cap and
+//! rate) therefore lives on one thread and needs no lock.
+//!
+//! What is shared between workers, and when it is touched:
+//! - the open-connection counter (an atomic), once per accepted and once per closed connection;
+//! - the per-IP upgrade limiter (a mutex), once per upgrade request;
+//! - the workers' inboxes (bounded tokio channels), once per hand-off or cross-core delivery.
+//!
+//! Nothing shared is touched per frame.
+
+mod conn;
+mod uring;
+mod worker;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use tokio::sync::mpsc;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::conn::SessionConfig;
+use crate::handshake::HandshakeConfig;
+use crate::ratelimit::{Decision, TokenBucket};
+use crate::shard::Ring;
+
+pub use uring::{explain_setup_error, probe};
+pub(crate) use worker::WorkerMsg;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(
+        "cannot bind {addr}: {source}; pick a free port with --listen or stop the other process"
+    )]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    IoUring(String),
+    #[error("invalid shard count: {0}")]
+    Ring(crate::shard::RingError),
+    #[error("worker thread {index} failed: {message}")]
+    Worker { index: usize, message: String },
+}
+
+/// Everything the workers share, built once before they start.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub session: SessionConfig,
+    pub handshake: HandshakeConfig,
+    pub verifier: Verifier,
+    pub ring: Ring,
+    pub inboxes: Vec<mpsc::Sender<WorkerMsg>>,
+    pub open_connections: AtomicUsize,
+    pub ip_limiter: Mutex<IpLimiter>,
+}
+
+impl Shared {
+    /// Reserves one slot under the process-wide connection cap.
+    pub fn try_reserve_connection(&self) -> bool {
+        let previous = self.open_connections.fetch_add(1, Ordering::Relaxed);
+        if previous < self.config.max_connections {
+            return true;
+        }
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    pub fn release_connection(&self) {
+        self.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Takes one upgrade token for `ip`.
+    pub fn check_upgrade_rate(&self, ip: IpAddr, now: Instant) -> Decision {
+        if self.config.upgrade_rate_per_ip == 0 {
+            return Decision::Allow;
+        }
+        let mut limiter = match self.ip_limiter.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        limiter.check(
+            ip,
+            now,
+            self.config.upgrade_rate_per_ip,
+            self.config.upgrade_burst_per_ip,
+        )
+    }
+}
+
+/// Per-client-IP upgrade buckets, shared by all workers so the limit is exact per process.
+pub(crate) struct IpLimiter {
+    buckets: AHashMap<IpAddr, (TokenBucket, Instant)>,
+}
+
+/// Above this many tracked addresses, buckets idle for [`IP_IDLE`] are dropped.
+const IP_PRUNE_THRESHOLD: usize = 65_536;
+const IP_IDLE: Duration = Duration::from_secs(60);
+
+impl IpLimiter {
+    fn new() -> Self {
+        Self {
+            buckets: AHashMap::new(),
+        }
+    }
+
+    fn check(&mut self, ip: IpAddr, now: Instant, rate: u32, burst: u32) -> Decision {
+        if self.buckets.len() >= IP_PRUNE_THRESHOLD {
+            self.buckets
+                .retain(|_, (_, last)| now.saturating_duration_since(*last) < IP_IDLE);
+        }
+        let (bucket, last) = self
+            .buckets
+            .entry(ip)
+            .or_insert_with(|| (TokenBucket::new(rate, burst, now), now));
+        *last = now;
+        bucket.try_take(now)
+    }
+}
+
+/// Handshake settings derived from the configuration.
+pub fn handshake_config(config: &Config) -> HandshakeConfig {
+    let non_empty = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    HandshakeConfig {
+        path: config.path.clone(),
+        bearer_header: config.auth.bearer_header,
+        query_param: non_empty(&config.auth.query_param),
+        protocol_marker: non_empty(&config.auth.protocol_marker),
+        cookie: non_empty(&config.auth.cookie),
+        subprotocols: config.subprotocols.clone(),
+    }
+}
+
+/// Handle to a running server: the bound address and the worker threads.
+pub struct Server {
+    local_addr: SocketAddr,
+    threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Server {
+    /// The address the listeners are bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for every worker to stop.
+    pub fn join(self) -> Result<(), RunError> {
+        for (index, thread) in self.threads.into_iter().enumerate() {
+            match thread.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(RunError::Worker { index, message }),
+                Err(_) => {
+                    return Err(RunError::Worker {
+                        index,
+                        message: "panicked".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binds the listeners and starts the workers. Returns once every worker is accepting.
+pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
+    probe().map_err(RunError::IoUring)?;
+
+    let workers = config.workers;
+    let ring = Ring::new(workers).map_err(RunError::Ring)?;
+
+    // Bind the first listener here so port 0 resolves to one port that every worker shares.
+    let first = worker::bind_listener(config.listen).map_err(|source| RunError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = first.local_addr().map_err(|source| RunError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let mut listeners = vec![first];
+    for _ in 1..workers {
+        let listener = worker::bind_listener(local_addr).map_err(|source| RunError::Bind {
+            addr: local_addr,
+            source,
+        })?;
+        listeners.push(listener);
+    }
+
+    let mut senders = Vec::with_capacity(workers);
+    let mut receivers = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (sender, receiver) = mpsc::channel(config.delivery_queue);
+        senders.push(sender);
+        receivers.push(receiver);
+    }
+
+    let shared = Arc::new(Shared {
+        session: SessionConfig::from(&config),
+        handshake: handshake_config(&config),
+        verifier,
+        ring,
+        inboxes: senders,
+        open_connections: AtomicUsize::new(0),
+        ip_limiter: Mutex::new(IpLimiter::new()),
+        config,
+    });
+
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let mut threads = Vec::with_capacity(workers);
+    for (index, (listener, inbox)) in listeners.into_iter().zip(receivers).enumerate() {
+        let shared = Arc::clone(&shared);
+        let core = (!cores.is_empty()).then(|| cores[index % cores.len()]);
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("framegate-w{index}"))
+            .spawn(move || worker::run(index, core, shared, listener, inbox, ready))
+            .map_err(|err| RunError::Worker {
+                index,
+                message: err.to_string(),
+            })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for index in 0..workers {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => return Err(RunError::Worker { index, message }),
+            Err(_) => {
+                return Err(RunError::Worker {
+                    index,
+                    message: "exited before it was ready".to_owned(),
+                });
+            }
+        }
+    }
+    tracing::info!(%local_addr, workers, "framegate listening");
+    Ok(Server {
+        local_addr,
+        threads,
+    })
+}

@@ -1,0 +1,586 @@
+//! One worker: a pinned thread running a tokio-uring runtime with its own listener, the
+//! connections and users it owns, and an inbox for hand-offs and deliveries from other
+//! workers.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::{TcpListener, TcpStream};
+
+use super::Shared;
+use super::conn::{self, ConnHandle};
+use crate::config::BackendKind;
+use crate::conn::{Accepted, Handshake, HandshakeStep, authenticate};
+use crate::frame::reader::MessageKind;
+use crate::frame::{OpCode, encode};
+use crate::handshake::{self, RejectReason};
+use crate::message;
+use crate::ratelimit::{Decision, TokenBucket};
+
+/// Most messages taken from the inbox per wake-up.
+const INBOX_BATCH: usize = 256;
+
+/// Messages between workers.
+pub(crate) enum WorkerMsg {
+    /// An authenticated connection whose user this worker owns. The 101 has not been sent.
+    Handoff(Box<Handoff>),
+    /// A relayed frame for every connection of `to`.
+    Deliver {
+        to: String,
+        frame: Bytes,
+        reply: Option<ReplyTo>,
+    },
+    /// An error frame for one connection of this worker (for example `recipient_offline`).
+    Notify { conn: u64, frame: Bytes },
+}
+
+/// Where to report a failed delivery.
+pub(crate) struct ReplyTo {
+    pub worker: usize,
+    pub conn: u64,
+    pub id: Option<Bytes>,
+}
+
+pub(crate) struct Handoff {
+    pub fd: OwnedFd,
+    pub peer: SocketAddr,
+    pub conn_id: u64,
+    pub user: String,
+    pub accept_response: Vec<u8>,
+    pub leftover: BytesMut,
+}
+
+/// Per-user state on the owning worker.
+struct UserEntry {
+    conns: Vec<u64>,
+    bucket: Option<TokenBucket>,
+}
+
+pub(crate) struct Worker {
+    pub index: usize,
+    pub shared: Arc<Shared>,
+    conns: RefCell<AHashMap<u64, Rc<ConnHandle>>>,
+    users: RefCell<AHashMap<String, UserEntry>>,
+    next_conn: Cell<u64>,
+}
+
+/// Binds one SO_REUSEPORT listener on `addr`.
+pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
+/// Runs worker `index` until the process exits.
+pub(crate) fn run(
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    shared: Arc<Shared>,
+    listener: std::net::TcpListener,
+    inbox: mpsc::Receiver<WorkerMsg>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<(), String> {
+    if let Some(core) = core
+        && !core_affinity::set_for_current(core)
+    {
+        tracing::warn!(
+            worker = index,
+            core = core.id,
+            "cannot pin worker to its core"
+        );
+    }
+    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let message = super::explain_setup_error(&err);
+            let _ = ready.send(Err(message.clone()));
+            return Err(message);
+        }
+    };
+    runtime.block_on(async move {
+        let listener = TcpListener::from_std(listener);
+        let worker = Rc::new(Worker {
+            index,
+            shared,
+            conns: RefCell::new(AHashMap::new()),
+            users: RefCell::new(AHashMap::new()),
+            next_conn: Cell::new(0),
+        });
+        tokio_uring::spawn(inbox_loop(Rc::clone(&worker), inbox));
+        let _ = ready.send(Ok(()));
+        accept_loop(worker, listener).await;
+    });
+    Ok(())
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                tokio_uring::spawn(handshake_task(Rc::clone(&worker), stream, peer));
+            }
+            Err(err) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(worker = worker.index, error = %err, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Result of the upgrade phase on the accepting worker.
+enum Admitted {
+    Rejected,
+    Ready {
+        user: String,
+        accept_response: Vec<u8>,
+        leftover: BytesMut,
+    },
+}
+
+async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let conn_id = worker.allocate_conn_id();
+    let timeout = worker.shared.config.handshake_timeout;
+    let stream = Rc::new(stream);
+    let admitted =
+        match tokio::time::timeout(timeout, read_upgrade(&worker, &stream, peer, conn_id)).await {
+            Ok(admitted) => admitted,
+            Err(_) => {
+                tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
+                reject(&stream, &RejectReason::HandshakeTimeout).await;
+                Admitted::Rejected
+            }
+        };
+    let Admitted::Ready {
+        user,
+        accept_response,
+        leftover,
+    } = admitted
+    else {
+        return;
+    };
+
+    let owner = worker.shared.ring.owner(user.as_bytes());
+    if owner == worker.index {
+        worker
+            .admit(stream, peer, conn_id, user, accept_response, leftover)
+            .await;
+        return;
+    }
+
+    // The user lives on another worker: move the socket there before the 101.
+    let fd = match super::uring::duplicate_socket(&stream) {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::warn!(conn = conn_id, %peer, error = %err, "cannot hand off connection");
+            worker.shared.release_connection();
+            reject(
+                &stream,
+                &RejectReason::ServerFull {
+                    retry_after_secs: 1,
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    drop(stream);
+    let handoff = Box::new(Handoff {
+        fd,
+        peer,
+        conn_id,
+        user,
+        accept_response,
+        leftover,
+    });
+    if let Err(err) = worker.shared.inboxes[owner].try_send(WorkerMsg::Handoff(handoff)) {
+        tracing::warn!(conn = conn_id, %peer, owner, "owner worker inbox is full; rejecting upgrade");
+        worker.shared.release_connection();
+        let WorkerMsg::Handoff(handoff) = err.into_inner() else {
+            return;
+        };
+        let stream = TcpStream::from_std(std::net::TcpStream::from(handoff.fd));
+        reject(
+            &stream,
+            &RejectReason::ServerFull {
+                retry_after_secs: 1,
+            },
+        )
+        .await;
+    }
+}
+
+/// Reads and checks the upgrade request; on success the connection holds one slot under the
+/// process-wide cap.
+async fn read_upgrade(
+    worker: &Worker,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    conn_id: u64,
+) -> Admitted {
+    let shared = &worker.shared;
+    let mut parser = Handshake::new(&shared.config);
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        // Check what has arrived; owned results leave the borrow of `buf` before any await.
+        let verdict = match parser.advance(&buf, &shared.handshake) {
+            HandshakeStep::Partial => None,
+            HandshakeStep::Reject(reason) => Some(Err(reason)),
+            HandshakeStep::Accept { upgrade, head_len } => Some(
+                check_admission(shared, &upgrade, peer, conn_id).map(|user| {
+                    let mut response = Vec::with_capacity(160);
+                    handshake::write_switching_protocols(
+                        upgrade.key,
+                        upgrade.protocol,
+                        &mut response,
+                    );
+                    (user, response, head_len)
+                }),
+            ),
+        };
+        match verdict {
+            None => {}
+            Some(Ok((user, accept_response, head_len))) => {
+                let leftover = buf.split_off(head_len);
+                return Admitted::Ready {
+                    user,
+                    accept_response,
+                    leftover,
+                };
+            }
+            Some(Err(reason)) => {
+                tracing::debug!(conn = conn_id, %peer, status = reason.status(), reason = %reason, "upgrade rejected");
+                reject(stream, &reason).await;
+                return Admitted::Rejected;
+            }
+        }
+
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(2048);
+        }
+        let len = buf.len();
+        let capacity = buf.capacity();
+        let (result, slice) = stream.read(buf.slice(len..capacity)).await;
+        buf = slice.into_inner();
+        match result {
+            Ok(0) | Err(_) => return Admitted::Rejected,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Per-IP rate, process cap and token, in that order (cheapest first).
+fn check_admission(
+    shared: &Shared,
+    upgrade: &handshake::Upgrade<'_>,
+    peer: SocketAddr,
+    conn_id: u64,
+) -> Result<String, RejectReason> {
+    if let Decision::Throttle { retry_after } = shared.check_upgrade_rate(peer.ip(), Instant::now())
+    {
+        let retry_after_secs = u32::try_from(retry_after.as_secs())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        return Err(RejectReason::IpRateLimited { retry_after_secs });
+    }
+    let claims = authenticate(
+        upgrade,
+        &shared.verifier,
+        shared.config.auth.required,
+        unix_now(),
+    )?;
+    if !shared.try_reserve_connection() {
+        return Err(RejectReason::ServerFull {
+            retry_after_secs: 5,
+        });
+    }
+    Ok(match claims {
+        Some(claims) => claims.sub,
+        None => format!("anon-{conn_id}"),
+    })
+}
+
+/// Writes a rejection response and shuts the socket down.
+async fn reject(stream: &TcpStream, reason: &RejectReason) {
+    let mut response = Vec::with_capacity(256);
+    handshake::write_reject(reason, &mut response);
+    let (_result, _) = stream.write_all(response).await;
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
+    let mut batch = Vec::with_capacity(INBOX_BATCH);
+    while inbox.recv_many(&mut batch, INBOX_BATCH).await > 0 {
+        for message in batch.drain(..) {
+            match message {
+                WorkerMsg::Handoff(handoff) => {
+                    let Handoff {
+                        fd,
+                        peer,
+                        conn_id,
+                        user,
+                        accept_response,
+                        leftover,
+                    } = *handoff;
+                    let stream = Rc::new(TcpStream::from_std(std::net::TcpStream::from(fd)));
+                    let worker = Rc::clone(&worker);
+                    tokio_uring::spawn(async move {
+                        worker
+                            .admit(stream, peer, conn_id, user, accept_response, leftover)
+                            .await;
+                    });
+                }
+                WorkerMsg::Deliver { to, frame, reply } => {
+                    let delivered = worker.deliver_local(&to, &frame);
+                    if delivered == 0
+                        && let Some(reply) = reply
+                    {
+                        worker.report_offline(reply, &to);
+                    }
+                }
+                WorkerMsg::Notify { conn, frame } => {
+                    if let Some(handle) = worker.conns.borrow().get(&conn) {
+                        handle.push_encoded(&frame);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn allocate_conn_id(&self) -> u64 {
+        let local = self.next_conn.get() + 1;
+        self.next_conn.set(local);
+        ((self.index as u64) << 48) | local
+    }
+
+    /// Applies the per-user cap, sends the 101 and runs the connection to its end.
+    async fn admit(
+        self: Rc<Self>,
+        stream: Rc<TcpStream>,
+        peer: SocketAddr,
+        conn_id: u64,
+        user: String,
+        accept_response: Vec<u8>,
+        leftover: BytesMut,
+    ) {
+        let cap = self.shared.config.max_connections_per_user;
+        let user_conns = self
+            .users
+            .borrow()
+            .get(&user)
+            .map_or(0, |entry| entry.conns.len());
+        if user_conns >= cap {
+            tracing::debug!(conn = conn_id, %peer, user = %user, "per-user connection cap reached");
+            self.shared.release_connection();
+            reject(
+                &stream,
+                &RejectReason::UserConnectionLimit {
+                    retry_after_secs: 5,
+                },
+            )
+            .await;
+            return;
+        }
+
+        let handle = Rc::new(ConnHandle::new(conn_id, user.clone(), Rc::clone(&stream)));
+        handle.push_raw(&accept_response);
+        self.register(&handle);
+        tracing::debug!(conn = conn_id, %peer, user = %user, worker = self.index, "connection open");
+
+        conn::run(Rc::clone(&self), Rc::clone(&handle), leftover).await;
+
+        self.unregister(&handle);
+        self.shared.release_connection();
+        tracing::debug!(conn = conn_id, %peer, user = %user, "connection closed");
+    }
+
+    fn register(&self, handle: &Rc<ConnHandle>) {
+        self.conns.borrow_mut().insert(handle.id, Rc::clone(handle));
+        let config = &self.shared.config;
+        let mut users = self.users.borrow_mut();
+        let entry = users
+            .entry(handle.user.clone())
+            .or_insert_with(|| UserEntry {
+                conns: Vec::new(),
+                bucket: (config.user_rate_per_sec > 0).then(|| {
+                    TokenBucket::new(config.user_rate_per_sec, config.user_burst, Instant::now())
+                }),
+            });
+        entry.conns.push(handle.id);
+    }
+
+    fn unregister(&self, handle: &ConnHandle) {
+        self.conns.borrow_mut().remove(&handle.id);
+        let mut users = self.users.borrow_mut();
+        if let Some(entry) = users.get_mut(&handle.user) {
+            entry.conns.retain(|id| *id != handle.id);
+            if entry.conns.is_empty() {
+                users.remove(&handle.user);
+            }
+        }
+    }
+
+    /// Runs `f` with the per-user bucket of `user`, if one is configured.
+    pub(crate) fn with_user_bucket<R>(
+        &self,
+        user: &str,
+        f: impl FnOnce(Option<&mut TokenBucket>) -> R,
+    ) -> R {
+        let mut users = self.users.borrow_mut();
+        let bucket = users.get_mut(user).and_then(|entry| entry.bucket.as_mut());
+        f(bucket)
+    }
+
+    /// Queues `frame` on every open connection of `user` on this worker; returns how many.
+    fn deliver_local(&self, user: &str, frame: &Bytes) -> usize {
+        let users = self.users.borrow();
+        let Some(entry) = users.get(user) else {
+            return 0;
+        };
+        let conns = self.conns.borrow();
+        let mut delivered = 0;
+        for id in &entry.conns {
+            if let Some(handle) = conns.get(id)
+                && handle.push_encoded(frame)
+            {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    fn report_offline(&self, reply: ReplyTo, to: &str) {
+        let frame = error_frame(
+            "recipient_offline",
+            &format!("user {to:?} has no open connection"),
+            reply.id.as_ref(),
+        );
+        self.notify(reply.worker, reply.conn, frame);
+    }
+
+    /// Queues an encoded frame on connection `conn` of worker `target`.
+    fn notify(&self, target: usize, conn: u64, frame: Bytes) {
+        if target == self.index {
+            if let Some(handle) = self.conns.borrow().get(&conn) {
+                handle.push_encoded(&frame);
+            }
+            return;
+        }
+        if self.shared.inboxes[target]
+            .try_send(WorkerMsg::Notify { conn, frame })
+            .is_err()
+        {
+            tracing::warn!(
+                worker = self.index,
+                target,
+                "inbox full; error notice dropped"
+            );
+        }
+    }
+
+    /// Hands accepted messages to the configured backend.
+    pub(crate) fn dispatch(&self, sender: &ConnHandle, accepted: &mut Vec<Accepted>) {
+        for message in accepted.drain(..) {
+            match self.shared.config.backend {
+                BackendKind::Echo => {
+                    let opcode = match message.kind {
+                        MessageKind::Binary => OpCode::Binary,
+                        MessageKind::Text => OpCode::Text,
+                    };
+                    sender.push_frame(opcode, &message.payload);
+                }
+                BackendKind::Relay => self.relay(sender, message),
+            }
+        }
+    }
+
+    /// Delivers a chat message to every connection of its `to` user, with `from` set to the
+    /// sender's authenticated user id.
+    fn relay(&self, sender: &ConnHandle, message: Accepted) {
+        let Some(to) = message.to else {
+            // The relay adds `to` to the required fields, so the JSON check already answered.
+            return;
+        };
+        let Some(text) = message::with_from(&message.payload, &sender.user) else {
+            // Unreachable after a passed JSON check; answer rather than drop.
+            let error = error_frame(
+                "invalid_json",
+                "message is not one JSON object",
+                message.id.as_ref(),
+            );
+            sender.push_encoded(&error);
+            return;
+        };
+        let mut frame = BytesMut::with_capacity(text.len() + 10);
+        encode::encode_header(&mut frame, true, OpCode::Text, text.len());
+        frame.extend_from_slice(&text);
+        let frame = frame.freeze();
+
+        let owner = self.shared.ring.owner(to.as_bytes());
+        if owner == self.index {
+            if self.deliver_local(&to, &frame) == 0 {
+                let error = error_frame(
+                    "recipient_offline",
+                    &format!("user {to:?} has no open connection"),
+                    message.id.as_ref(),
+                );
+                sender.push_encoded(&error);
+            }
+            return;
+        }
+        let reply = Some(ReplyTo {
+            worker: self.index,
+            conn: sender.id,
+            id: message.id.clone(),
+        });
+        let delivery = WorkerMsg::Deliver { to, frame, reply };
+        if self.shared.inboxes[owner].try_send(delivery).is_err() {
+            tracing::warn!(
+                worker = self.index,
+                owner,
+                "delivery queue full; message answered with overloaded"
+            );
+            let error = error_frame(
+                "overloaded",
+                "the server cannot take this message now; retry shortly",
+                message.id.as_ref(),
+            );
+            sender.push_encoded(&error);
+        }
+    }
+}
+
+/// Encodes an error frame for `code`, echoing the client's raw `id`.
+fn error_frame(code: &str, detail: &str, id: Option<&Bytes>) -> Bytes {
+    let id = id.and_then(|raw| std::str::from_utf8(raw).ok());
+    let mut text = Vec::with_capacity(96);
+    message::write_error(&mut text, code, detail, id, None);
+    let mut frame = BytesMut::with_capacity(text.len() + 4);
+    encode::encode_header(&mut frame, true, OpCode::Text, text.len());
+    frame.extend_from_slice(&text);
+    frame.freeze()
+}
