@@ -150,6 +150,14 @@ struct FileConfig {
     handshake_timeout_ms: u64,
     close_timeout_ms: u64,
     delivery_queue: usize,
+    ping_interval_ms: u64,
+    pong_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    max_lifetime_ms: u64,
+    token_expiry_grace_ms: u64,
+    drain_timeout_ms: u64,
+    drain_jitter_ms: u64,
+    admin_listen: String,
     auth: AuthSettings,
 }
 
@@ -185,6 +193,14 @@ impl Default for FileConfig {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 1_000,
             delivery_queue: 4096,
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 10_000,
+            idle_timeout_ms: 600_000,
+            max_lifetime_ms: 0,
+            token_expiry_grace_ms: 0,
+            drain_timeout_ms: 30_000,
+            drain_jitter_ms: 5_000,
+            admin_listen: "127.0.0.1:9090".to_owned(),
             auth: AuthSettings::default(),
         }
     }
@@ -241,6 +257,23 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Capacity of each worker's inbound delivery queue (messages).
     pub delivery_queue: usize,
+    /// Silence after which the server pings a connection.
+    pub ping_interval: Duration,
+    /// Time a pinged connection has to send any frame before it is closed.
+    pub pong_timeout: Duration,
+    /// Time without a data message after which a connection is closed with 1001; `None`
+    /// disables it.
+    pub idle_timeout: Option<Duration>,
+    /// Longest life of a connection before it is closed with 1001; `None` disables it.
+    pub max_lifetime: Option<Duration>,
+    /// Time a connection may stay open after its token's `exp` before it is closed with 4001.
+    pub token_expiry_grace: Duration,
+    /// Longest wait for connections to close after SIGTERM or SIGINT.
+    pub drain_timeout: Duration,
+    /// Window over which drain closes (and the reconnect hints in them) are spread.
+    pub drain_jitter: Duration,
+    /// Admin listener for /metrics, /healthz and /readyz; `None` disables it.
+    pub admin_listen: Option<SocketAddr>,
     /// JWT settings.
     pub auth: AuthSettings,
 }
@@ -384,6 +417,57 @@ impl Config {
             1 << 20,
             "16 to 1048576",
         )?;
+        check_millis(
+            "ping_interval_ms",
+            file.ping_interval_ms,
+            100,
+            "100 to 86400000 milliseconds",
+        )?;
+        check_millis(
+            "pong_timeout_ms",
+            file.pong_timeout_ms,
+            100,
+            "100 to 86400000 milliseconds",
+        )?;
+        check_millis(
+            "idle_timeout_ms",
+            file.idle_timeout_ms,
+            0,
+            "0 (off) to 86400000 milliseconds",
+        )?;
+        check_millis(
+            "max_lifetime_ms",
+            file.max_lifetime_ms,
+            0,
+            "0 (off) to 86400000 milliseconds",
+        )?;
+        check_millis(
+            "token_expiry_grace_ms",
+            file.token_expiry_grace_ms,
+            0,
+            "0 to 86400000 milliseconds",
+        )?;
+        check_millis(
+            "drain_timeout_ms",
+            file.drain_timeout_ms,
+            0,
+            "0 to 86400000 milliseconds",
+        )?;
+        check_millis(
+            "drain_jitter_ms",
+            file.drain_jitter_ms,
+            0,
+            "0 to 86400000 milliseconds",
+        )?;
+        let admin_listen = if file.admin_listen.is_empty() {
+            None
+        } else {
+            Some(file.admin_listen.parse().map_err(|_| ConfigError::Range {
+                key: "admin_listen",
+                value: format!("{:?}", file.admin_listen),
+                allowed: "an IP address and port such as 127.0.0.1:9090, or \"\" to disable",
+            })?)
+        };
         if file.auth.algorithms.is_empty() {
             return Err(ConfigError::Range {
                 key: "auth.algorithms",
@@ -448,6 +532,14 @@ impl Config {
             handshake_timeout: Duration::from_millis(file.handshake_timeout_ms),
             close_timeout: Duration::from_millis(file.close_timeout_ms),
             delivery_queue: file.delivery_queue,
+            ping_interval: Duration::from_millis(file.ping_interval_ms),
+            pong_timeout: Duration::from_millis(file.pong_timeout_ms),
+            idle_timeout: optional_millis(file.idle_timeout_ms),
+            max_lifetime: optional_millis(file.max_lifetime_ms),
+            token_expiry_grace: Duration::from_millis(file.token_expiry_grace_ms),
+            drain_timeout: Duration::from_millis(file.drain_timeout_ms),
+            drain_jitter: Duration::from_millis(file.drain_jitter_ms),
+            admin_listen,
             auth: file.auth,
         })
     }
@@ -522,6 +614,22 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "close_timeout_ms = {}", self.close_timeout.as_millis())?;
         writeln!(f, "delivery_queue = {}", self.delivery_queue)?;
+        let millis = |value: Option<Duration>| value.map_or(0, |d| d.as_millis());
+        writeln!(f, "ping_interval_ms = {}", self.ping_interval.as_millis())?;
+        writeln!(f, "pong_timeout_ms = {}", self.pong_timeout.as_millis())?;
+        writeln!(f, "idle_timeout_ms = {}", millis(self.idle_timeout))?;
+        writeln!(f, "max_lifetime_ms = {}", millis(self.max_lifetime))?;
+        writeln!(
+            f,
+            "token_expiry_grace_ms = {}",
+            self.token_expiry_grace.as_millis()
+        )?;
+        writeln!(f, "drain_timeout_ms = {}", self.drain_timeout.as_millis())?;
+        writeln!(f, "drain_jitter_ms = {}", self.drain_jitter.as_millis())?;
+        match self.admin_listen {
+            Some(addr) => writeln!(f, "admin_listen = \"{addr}\"")?,
+            None => writeln!(f, "admin_listen = \"\"")?,
+        }
         let auth = &self.auth;
         writeln!(f, "[auth]")?;
         writeln!(f, "required = {}", auth.required)?;
@@ -555,6 +663,29 @@ fn check_range(
         value: value.to_string(),
         allowed,
     })
+}
+
+/// Longest duration any `*_ms` option accepts: one day.
+const MAX_MILLIS: u64 = 86_400_000;
+
+fn check_millis(
+    key: &'static str,
+    value: u64,
+    min: u64,
+    allowed: &'static str,
+) -> Result<(), ConfigError> {
+    if (min..=MAX_MILLIS).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::Range {
+        key,
+        value: value.to_string(),
+        allowed,
+    })
+}
+
+fn optional_millis(value: u64) -> Option<Duration> {
+    (value > 0).then(|| Duration::from_millis(value))
 }
 
 fn parse_field_kind(text: &str) -> Option<FieldKind> {

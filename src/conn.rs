@@ -44,6 +44,10 @@ pub struct Outbox {
     segments: Vec<Bytes>,
     gather: BytesMut,
     queued_bytes: usize,
+    /// While set, pongs replace each other instead of queuing one per ping.
+    coalesce_pongs: bool,
+    /// The newest pong, held back while pongs are coalesced.
+    pending_pong: Option<Bytes>,
 }
 
 impl Outbox {
@@ -91,6 +95,26 @@ impl Outbox {
         self.push_frame(OpCode::Text, &Bytes::from(text));
     }
 
+    /// Queues the answer to a ping. While the peer is not reading (see
+    /// [`Outbox::set_coalesce_pongs`]) only the newest pong is kept, which RFC 6455 §5.5.3
+    /// allows, so a ping flood cannot grow the queue.
+    pub fn push_pong(&mut self, payload: &Bytes) {
+        if !self.coalesce_pongs {
+            self.push_frame(OpCode::Pong, payload);
+            return;
+        }
+        let size = header_len(payload.len()) + payload.len();
+        if let Some(previous) = self.pending_pong.replace(payload.clone()) {
+            self.queued_bytes -= header_len(previous.len()) + previous.len();
+        }
+        self.queued_bytes += size;
+    }
+
+    /// Turns pong coalescing on while the socket is backed up and off once it drains.
+    pub fn set_coalesce_pongs(&mut self, coalesce: bool) {
+        self.coalesce_pongs = coalesce;
+    }
+
     /// Queues raw bytes that are not a frame (an HTTP response before the upgrade).
     pub fn push_raw(&mut self, bytes: &[u8]) {
         self.queued_bytes += bytes.len();
@@ -110,11 +134,16 @@ impl Outbox {
     pub fn clear(&mut self) {
         self.segments.clear();
         self.gather.clear();
+        self.pending_pong = None;
         self.queued_bytes = 0;
     }
 
     /// Moves the queued segments into `into`, in order, leaving the outbox empty.
     pub fn take_into(&mut self, into: &mut Vec<Bytes>) {
+        if let Some(pong) = self.pending_pong.take() {
+            encode::encode_header(&mut self.gather, true, OpCode::Pong, pong.len());
+            self.gather.extend_from_slice(&pong);
+        }
         self.flush_gather();
         into.append(&mut self.segments);
         self.queued_bytes = 0;
@@ -351,7 +380,7 @@ impl Session {
                 }
             };
             match event {
-                Event::Ping(payload) => out.push_frame(OpCode::Pong, &payload),
+                Event::Ping(payload) => out.push_pong(&payload),
                 // RFC 6455 §5.5.3: an unsolicited pong needs no answer.
                 Event::Pong(_) => {}
                 Event::Close { code, reason } => {
@@ -742,6 +771,25 @@ mod tests {
             "large payload is not copied"
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn outbox_coalesces_pongs_while_backed_up() {
+        let mut out = Outbox::default();
+        out.push_pong(&Bytes::from_static(b"a"));
+        out.set_coalesce_pongs(true);
+        for i in 0..1000u32 {
+            out.push_pong(&Bytes::from(i.to_string()));
+        }
+        assert_eq!(
+            out.queued_bytes(),
+            3 + 2 + 3,
+            "one pong per ping until backed up, then one"
+        );
+        let mut segments = Vec::new();
+        out.take_into(&mut segments);
+        let bytes: Vec<u8> = segments.iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(bytes, b"\x8a\x01a\x8a\x03999");
     }
 
     #[test]

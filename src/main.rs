@@ -49,6 +49,10 @@ struct ServeArgs {
     /// Backend for valid messages, overriding `backend` (default relay).
     #[arg(long, value_name = "KIND")]
     backend: Option<String>,
+    /// Admin listener for /metrics, /healthz and /readyz, overriding `admin_listen`
+    /// (default 127.0.0.1:9090; an empty string disables it).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -156,13 +160,49 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if let Err(err) = watch_signals(server.drain_handle()) {
+        eprintln!("error: cannot install signal handlers: {err}");
+        return ExitCode::from(1);
+    }
     match server.join() {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("framegate stopped");
+            ExitCode::SUCCESS
+        }
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::from(1)
         }
     }
+}
+
+/// First SIGTERM or SIGINT: drain and exit 0 once the workers stop. A second one: exit at
+/// once with status 1.
+fn watch_signals(drain: framegate::runtime::DrainHandle) -> std::io::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    std::thread::Builder::new()
+        .name("framegate-signals".to_owned())
+        .spawn(move || {
+            let mut received = 0;
+            for signal in signals.forever() {
+                received += 1;
+                if received == 1 {
+                    tracing::info!(
+                        signal,
+                        "signal received: draining (send it again to exit at once)"
+                    );
+                    drain.drain();
+                } else {
+                    tracing::warn!(
+                        signal,
+                        "second signal: exiting without waiting for the drain"
+                    );
+                    std::process::exit(1);
+                }
+            }
+        })?;
+    Ok(())
 }
 
 fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -174,6 +214,17 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     }
     if let Some(workers) = args.workers {
         config.set_workers(workers)?;
+    }
+    if let Some(admin) = &args.admin_listen {
+        config.admin_listen = if admin.is_empty() {
+            None
+        } else {
+            Some(admin.parse().with_context(|| {
+                format!(
+                    "invalid --admin-listen {admin:?}: expected an address such as 127.0.0.1:9090"
+                )
+            })?)
+        };
     }
     if let Some(backend) = &args.backend {
         config.backend = BackendKind::from_str(backend).map_err(anyhow::Error::msg)?;

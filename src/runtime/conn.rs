@@ -41,11 +41,32 @@ pub(crate) struct ConnHandle {
     /// The socket failed or the connection ended: nothing more is written.
     dead: Cell<bool>,
     max_outbound_bytes: Cell<usize>,
+    /// When the 101 was queued.
+    pub opened_at: Instant,
+    /// When the last bytes arrived from the peer (any frame counts as a sign of life).
+    pub last_read_at: Cell<Instant>,
+    /// When the last data message was accepted (for `idle_timeout`).
+    pub last_message_at: Cell<Instant>,
+    /// When the server sent a ping that has not been answered by any frame yet.
+    pub ping_sent_at: Cell<Option<Instant>>,
+    /// The token's `exp` (Unix seconds); `None` for anonymous connections.
+    pub token_exp: Option<u64>,
 }
 
 impl ConnHandle {
-    pub(crate) fn new(id: u64, user: String, stream: Rc<TcpStream>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        user: String,
+        stream: Rc<TcpStream>,
+        token_exp: Option<u64>,
+    ) -> Self {
+        let now = Instant::now();
         Self {
+            opened_at: now,
+            last_read_at: Cell::new(now),
+            last_message_at: Cell::new(now),
+            ping_sent_at: Cell::new(None),
+            token_exp,
             id,
             user,
             stream,
@@ -56,6 +77,38 @@ impl ConnHandle {
             dead: Cell::new(false),
             max_outbound_bytes: Cell::new(usize::MAX),
         }
+    }
+
+    /// True once the connection is closing or gone.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.close_after_flush.get() || self.dead.get()
+    }
+
+    /// Closes the connection from outside its reader (timeouts, drain): queues a close frame
+    /// after what is already queued and makes the reader stop.
+    pub(crate) fn close(&self, code: CloseCode, reason: &str) {
+        if self.is_closing() {
+            return;
+        }
+        self.outbox
+            .borrow_mut()
+            .push_close(code, crate::conn::truncate_reason(reason));
+        self.close_after_flush.set(true);
+        self.reader_wake.notify_one();
+        self.writer_wake.notify_one();
+        tracing::debug!(conn = self.id, code = code.0, reason, "closing connection");
+    }
+
+    /// Sends a ping with an empty payload.
+    pub(crate) fn ping(&self, now: Instant) {
+        if self.is_closing() {
+            return;
+        }
+        self.outbox
+            .borrow_mut()
+            .push_frame(OpCode::Ping, &Bytes::new());
+        self.ping_sent_at.set(Some(now));
+        self.writer_wake.notify_one();
     }
 
     /// Queues raw bytes (the 101 response).
@@ -125,6 +178,9 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
                 })
             };
             let dispatched = !accepted.is_empty();
+            if dispatched {
+                handle.last_message_at.set(now);
+            }
             worker.dispatch(&handle, &mut accepted);
             if let Flow::Close { .. } = flow {
                 handle.close_after_flush.set(true);
@@ -159,6 +215,10 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
             break;
         };
         buf = slice.into_inner();
+        if matches!(result, Ok(n) if n > 0) {
+            handle.last_read_at.set(Instant::now());
+            handle.ping_sent_at.set(None);
+        }
         match result {
             Ok(0) => {
                 // Peer closed TCP without a close frame (status 1006 on its side).
@@ -226,7 +286,11 @@ async fn write_loop(handle: Rc<ConnHandle>) {
             continue;
         }
         handle.outbox.borrow_mut().take_into(&mut segments);
-        if let Err(err) = write_all(&handle.stream, &mut segments).await {
+        // While this write is in flight the peer may not be reading: coalesce pongs.
+        handle.outbox.borrow_mut().set_coalesce_pongs(true);
+        let written = write_all(&handle.stream, &mut segments).await;
+        handle.outbox.borrow_mut().set_coalesce_pongs(false);
+        if let Err(err) = written {
             tracing::debug!(conn = handle.id, error = %err, "write failed");
             handle.dead.set(true);
             handle.outbox.borrow_mut().clear();

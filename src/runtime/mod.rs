@@ -14,17 +14,18 @@
 //!
 //! Nothing shared is touched per frame.
 
+mod admin;
 mod conn;
 mod uring;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -64,6 +65,12 @@ pub(crate) struct Shared {
     pub inboxes: Vec<mpsc::Sender<WorkerMsg>>,
     pub open_connections: AtomicUsize,
     pub ip_limiter: Mutex<IpLimiter>,
+    /// Set once by a drain; never cleared.
+    pub draining: AtomicBool,
+    /// Workers that finished starting.
+    pub workers_ready: AtomicUsize,
+    /// One per worker: wakes it to drain.
+    pub drain_signals: Vec<Arc<Notify>>,
 }
 
 impl Shared {
@@ -75,6 +82,15 @@ impl Shared {
         }
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
         false
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// True when every worker accepts and no drain has started.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.workers_ready.load(Ordering::Relaxed) == self.config.workers
     }
 
     pub fn release_connection(&self) {
@@ -145,6 +161,8 @@ pub fn handshake_config(config: &Config) -> HandshakeConfig {
 /// Handle to a running server: the bound address and the worker threads.
 pub struct Server {
     local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
     threads: Vec<std::thread::JoinHandle<Result<(), String>>>,
 }
 
@@ -152,6 +170,30 @@ impl Server {
     /// The address the listeners are bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin listener's address, when it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Open connections in the whole process.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Starts a graceful drain: listeners close, readiness turns false, every connection
+    /// gets a close 1001 with a reconnect hint, and each worker stops once its connections
+    /// are gone or `drain_timeout` has passed. Calling it again does nothing.
+    pub fn drain(&self) {
+        drain_shared(&self.shared);
+    }
+
+    /// A handle that can start the drain from another thread (a signal handler).
+    pub fn drain_handle(&self) -> DrainHandle {
+        DrainHandle {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Waits for every worker to stop.
@@ -169,6 +211,47 @@ impl Server {
             }
         }
         Ok(())
+    }
+}
+
+/// Renders the Prometheus text exposition of the process's figures.
+pub(crate) fn render_metrics(shared: &Shared) -> String {
+    // TODO: per-worker counters (upgrades, messages, frames, closes, histograms) are not
+    // rendered yet; only readiness and open connections are.
+    format!(
+        "# HELP framegate_ready Whether the server accepts new connections.\n# TYPE framegate_ready gauge\nframegate_ready {}\n# HELP framegate_connections_open Open WebSocket connections.\n# TYPE framegate_connections_open gauge\nframegate_connections_open {}\n",
+        u8::from(shared.is_ready()),
+        shared.open_connections.load(Ordering::Relaxed)
+    )
+}
+
+/// Starts the drain from any thread.
+#[derive(Clone)]
+pub struct DrainHandle {
+    shared: Arc<Shared>,
+}
+
+impl DrainHandle {
+    pub fn drain(&self) {
+        drain_shared(&self.shared);
+    }
+
+    /// True when every worker accepts and no drain has started (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+}
+
+fn drain_shared(shared: &Shared) {
+    if shared.draining.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    tracing::info!(
+        open_connections = shared.open_connections.load(Ordering::Relaxed),
+        "draining: closing listeners and connections"
+    );
+    for signal in &shared.drain_signals {
+        signal.notify_one();
     }
 }
 
@@ -213,6 +296,9 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
         inboxes: senders,
         open_connections: AtomicUsize::new(0),
         ip_limiter: Mutex::new(IpLimiter::new()),
+        draining: AtomicBool::new(false),
+        workers_ready: AtomicUsize::new(0),
+        drain_signals: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
         config,
     });
 
@@ -245,9 +331,20 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
             }
         }
     }
+    let admin_addr = match shared.config.admin_listen {
+        Some(addr) => {
+            let bound = admin::start(addr, Arc::clone(&shared))
+                .map_err(|source| RunError::Bind { addr, source })?;
+            tracing::info!(admin_addr = %bound, "admin listener serving /metrics, /healthz, /readyz");
+            Some(bound)
+        }
+        None => None,
+    };
     tracing::info!(%local_addr, workers, "framegate listening");
     Ok(Server {
         local_addr,
+        admin_addr,
+        shared,
         threads,
     })
 }

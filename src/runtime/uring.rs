@@ -21,6 +21,19 @@ pub fn duplicate_socket(stream: &tokio_uring::net::TcpStream) -> io::Result<Owne
     borrowed.try_clone_to_owned()
 }
 
+/// Shuts down a listening socket so that an accept in flight on it completes with an error
+/// and the worker stops accepting (used by the drain).
+pub fn shutdown_listener(listener: &tokio_uring::net::TcpListener) -> io::Result<()> {
+    // SAFETY: the descriptor belongs to `listener`, which is borrowed for this call, so it is
+    // open; shutdown(2) does not touch memory.
+    let result = unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Checks that this process can create an io_uring instance, and explains how to fix it when
 /// it cannot.
 /// Runs on a thread of its own, because creating and dropping a runtime is not allowed

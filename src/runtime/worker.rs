@@ -7,10 +7,12 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
+use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
@@ -20,7 +22,7 @@ use super::conn::{self, ConnHandle};
 use crate::config::BackendKind;
 use crate::conn::{Accepted, Handshake, HandshakeStep, authenticate};
 use crate::frame::reader::MessageKind;
-use crate::frame::{OpCode, encode};
+use crate::frame::{CloseCode, OpCode, encode};
 use crate::handshake::{self, RejectReason};
 use crate::message;
 use crate::ratelimit::{Decision, TokenBucket};
@@ -51,10 +53,18 @@ pub(crate) struct ReplyTo {
 
 pub(crate) struct Handoff {
     pub fd: OwnedFd,
+    pub pending: Pending,
+}
+
+/// An authenticated connection waiting for its 101 on the owning worker.
+pub(crate) struct Pending {
     pub peer: SocketAddr,
     pub conn_id: u64,
     pub user: String,
+    /// The token's `exp` (Unix seconds); `None` for anonymous connections.
+    pub token_exp: Option<u64>,
     pub accept_response: Vec<u8>,
+    /// Frame bytes that arrived behind the request head.
     pub leftover: BytesMut,
 }
 
@@ -113,7 +123,8 @@ pub(crate) fn run(
         }
     };
     runtime.block_on(async move {
-        let listener = TcpListener::from_std(listener);
+        let listener = Rc::new(TcpListener::from_std(listener));
+        let drain_signal = Arc::clone(&shared.drain_signals[index]);
         let worker = Rc::new(Worker {
             index,
             shared,
@@ -122,42 +133,66 @@ pub(crate) fn run(
             next_conn: Cell::new(0),
         });
         tokio_uring::spawn(inbox_loop(Rc::clone(&worker), inbox));
+        tokio_uring::spawn(sweep_loop(Rc::clone(&worker)));
+        let acceptor = tokio_uring::spawn(accept_loop(Rc::clone(&worker), Rc::clone(&listener)));
+        worker.shared.workers_ready.fetch_add(1, Ordering::Relaxed);
         let _ = ready.send(Ok(()));
-        accept_loop(worker, listener).await;
+
+        drain_signal.notified().await;
+        if let Err(err) = super::uring::shutdown_listener(&listener) {
+            tracing::warn!(worker = index, error = %err, "cannot shut down listener");
+        }
+        let _ = acceptor.await;
+        drop(listener);
+        worker.drain().await;
     });
     Ok(())
 }
 
-async fn accept_loop(worker: Rc<Worker>, listener: TcpListener) {
+async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 tokio_uring::spawn(handshake_task(Rc::clone(&worker), stream, peer));
             }
+            Err(_) if worker.shared.is_draining() => return,
             Err(err) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(worker = worker.index, error = %err, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
+/// Checks every connection's timers: server pings, pong timeout, idle timeout, maximum
+/// lifetime and token expiry.
+async fn sweep_loop(worker: Rc<Worker>) {
+    let config = &worker.shared.config;
+    let tick = config
+        .ping_interval
+        .min(config.pong_timeout)
+        .min(Duration::from_secs(2))
+        / 2;
+    let mut interval = tokio::time::interval(tick.max(Duration::from_millis(50)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        worker.sweep(Instant::now(), unix_now_millis());
+    }
 }
 
-/// Result of the upgrade phase on the accepting worker.
-enum Admitted {
-    Rejected,
-    Ready {
-        user: String,
-        accept_response: Vec<u8>,
-        leftover: BytesMut,
-    },
+fn unix_now() -> u64 {
+    unix_now_millis() / 1000
+}
+
+fn unix_now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
@@ -170,23 +205,16 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
             Err(_) => {
                 tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
                 reject(&stream, &RejectReason::HandshakeTimeout).await;
-                Admitted::Rejected
+                None
             }
         };
-    let Admitted::Ready {
-        user,
-        accept_response,
-        leftover,
-    } = admitted
-    else {
+    let Some(pending) = admitted else {
         return;
     };
 
-    let owner = worker.shared.ring.owner(user.as_bytes());
+    let owner = worker.shared.ring.owner(pending.user.as_bytes());
     if owner == worker.index {
-        worker
-            .admit(stream, peer, conn_id, user, accept_response, leftover)
-            .await;
+        worker.admit(stream, pending).await;
         return;
     }
 
@@ -207,14 +235,7 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
         }
     };
     drop(stream);
-    let handoff = Box::new(Handoff {
-        fd,
-        peer,
-        conn_id,
-        user,
-        accept_response,
-        leftover,
-    });
+    let handoff = Box::new(Handoff { fd, pending });
     if let Err(err) = worker.shared.inboxes[owner].try_send(WorkerMsg::Handoff(handoff)) {
         tracing::warn!(conn = conn_id, %peer, owner, "owner worker inbox is full; rejecting upgrade");
         worker.shared.release_connection();
@@ -239,7 +260,7 @@ async fn read_upgrade(
     stream: &TcpStream,
     peer: SocketAddr,
     conn_id: u64,
-) -> Admitted {
+) -> Option<Pending> {
     let shared = &worker.shared;
     let mut parser = Handshake::new(&shared.config);
     let mut buf = BytesMut::with_capacity(1024);
@@ -249,31 +270,34 @@ async fn read_upgrade(
             HandshakeStep::Partial => None,
             HandshakeStep::Reject(reason) => Some(Err(reason)),
             HandshakeStep::Accept { upgrade, head_len } => Some(
-                check_admission(shared, &upgrade, peer, conn_id).map(|user| {
+                check_admission(shared, &upgrade, peer, conn_id).map(|(user, token_exp)| {
                     let mut response = Vec::with_capacity(160);
                     handshake::write_switching_protocols(
                         upgrade.key,
                         upgrade.protocol,
                         &mut response,
                     );
-                    (user, response, head_len)
+                    (user, token_exp, response, head_len)
                 }),
             ),
         };
         match verdict {
             None => {}
-            Some(Ok((user, accept_response, head_len))) => {
+            Some(Ok((user, token_exp, accept_response, head_len))) => {
                 let leftover = buf.split_off(head_len);
-                return Admitted::Ready {
+                return Some(Pending {
+                    peer,
+                    conn_id,
                     user,
+                    token_exp,
                     accept_response,
                     leftover,
-                };
+                });
             }
             Some(Err(reason)) => {
                 tracing::debug!(conn = conn_id, %peer, status = reason.status(), reason = %reason, "upgrade rejected");
                 reject(stream, &reason).await;
-                return Admitted::Rejected;
+                return None;
             }
         }
 
@@ -285,7 +309,7 @@ async fn read_upgrade(
         let (result, slice) = stream.read(buf.slice(len..capacity)).await;
         buf = slice.into_inner();
         match result {
-            Ok(0) | Err(_) => return Admitted::Rejected,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
     }
@@ -297,7 +321,12 @@ fn check_admission(
     upgrade: &handshake::Upgrade<'_>,
     peer: SocketAddr,
     conn_id: u64,
-) -> Result<String, RejectReason> {
+) -> Result<(String, Option<u64>), RejectReason> {
+    if shared.is_draining() {
+        return Err(RejectReason::ServerFull {
+            retry_after_secs: 1,
+        });
+    }
     if let Decision::Throttle { retry_after } = shared.check_upgrade_rate(peer.ip(), Instant::now())
     {
         let retry_after_secs = u32::try_from(retry_after.as_secs())
@@ -317,8 +346,8 @@ fn check_admission(
         });
     }
     Ok(match claims {
-        Some(claims) => claims.sub,
-        None => format!("anon-{conn_id}"),
+        Some(claims) => (claims.sub, Some(claims.exp)),
+        None => (format!("anon-{conn_id}"), None),
     })
 }
 
@@ -336,20 +365,11 @@ async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
         for message in batch.drain(..) {
             match message {
                 WorkerMsg::Handoff(handoff) => {
-                    let Handoff {
-                        fd,
-                        peer,
-                        conn_id,
-                        user,
-                        accept_response,
-                        leftover,
-                    } = *handoff;
+                    let Handoff { fd, pending } = *handoff;
                     let stream = Rc::new(TcpStream::from_std(std::net::TcpStream::from(fd)));
                     let worker = Rc::clone(&worker);
                     tokio_uring::spawn(async move {
-                        worker
-                            .admit(stream, peer, conn_id, user, accept_response, leftover)
-                            .await;
+                        worker.admit(stream, pending).await;
                     });
                 }
                 WorkerMsg::Deliver { to, frame, reply } => {
@@ -370,7 +390,86 @@ async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
     }
 }
 
+/// Close code for a connection whose token expired (application range, RFC 6455 §7.4.2).
+pub(crate) const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
+
 impl Worker {
+    /// Applies the per-connection timers at `now`.
+    fn sweep(&self, now: Instant, unix_millis: u64) {
+        let config = &self.shared.config;
+        let handles: Vec<Rc<ConnHandle>> = self.conns.borrow().values().cloned().collect();
+        let grace_millis = u64::try_from(config.token_expiry_grace.as_millis()).unwrap_or(u64::MAX);
+        for handle in handles {
+            if handle.is_closing() {
+                continue;
+            }
+            if let Some(exp) = handle.token_exp
+                && unix_millis >= exp.saturating_mul(1000).saturating_add(grace_millis)
+            {
+                handle.close(TOKEN_EXPIRED, "token expired; reconnect with a new token");
+                continue;
+            }
+            if let Some(max) = config.max_lifetime
+                && now.saturating_duration_since(handle.opened_at) >= max
+            {
+                handle.close(CloseCode::GOING_AWAY, "maximum connection lifetime reached");
+                continue;
+            }
+            if let Some(idle) = config.idle_timeout
+                && now.saturating_duration_since(handle.last_message_at.get()) >= idle
+            {
+                handle.close(CloseCode::GOING_AWAY, "idle timeout");
+                continue;
+            }
+            match handle.ping_sent_at.get() {
+                Some(sent) if now.saturating_duration_since(sent) >= config.pong_timeout => {
+                    handle.close(CloseCode::GOING_AWAY, "no pong within pong_timeout");
+                }
+                Some(_) => {}
+                None => {
+                    if now.saturating_duration_since(handle.last_read_at.get())
+                        >= config.ping_interval
+                    {
+                        handle.ping(now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Closes every connection with 1001 and a reconnect hint spread over `drain_jitter`,
+    /// then waits until they are gone or `drain_timeout` has passed.
+    async fn drain(&self) {
+        let config = &self.shared.config;
+        let jitter_millis = u64::try_from(config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
+        let handles: Vec<Rc<ConnHandle>> = self.conns.borrow().values().cloned().collect();
+        let mut rng = rand::rng();
+        for handle in &handles {
+            let hint = if jitter_millis == 0 {
+                0
+            } else {
+                rng.random_range(0..=jitter_millis)
+            };
+            handle.close(
+                CloseCode::GOING_AWAY,
+                &format!("going away; reconnect after {hint} ms"),
+            );
+        }
+        let deadline = tokio::time::Instant::now() + config.drain_timeout;
+        while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.conns.borrow().len();
+        if left > 0 {
+            tracing::warn!(
+                worker = self.index,
+                connections = left,
+                "drain timeout reached; closing the rest"
+            );
+        }
+        tracing::info!(worker = self.index, "worker stopped");
+    }
+
     fn allocate_conn_id(&self) -> u64 {
         let local = self.next_conn.get() + 1;
         self.next_conn.set(local);
@@ -378,15 +477,26 @@ impl Worker {
     }
 
     /// Applies the per-user cap, sends the 101 and runs the connection to its end.
-    async fn admit(
-        self: Rc<Self>,
-        stream: Rc<TcpStream>,
-        peer: SocketAddr,
-        conn_id: u64,
-        user: String,
-        accept_response: Vec<u8>,
-        leftover: BytesMut,
-    ) {
+    async fn admit(self: Rc<Self>, stream: Rc<TcpStream>, pending: Pending) {
+        let Pending {
+            peer,
+            conn_id,
+            user,
+            token_exp,
+            accept_response,
+            leftover,
+        } = pending;
+        if self.shared.is_draining() {
+            self.shared.release_connection();
+            reject(
+                &stream,
+                &RejectReason::ServerFull {
+                    retry_after_secs: 1,
+                },
+            )
+            .await;
+            return;
+        }
         let cap = self.shared.config.max_connections_per_user;
         let user_conns = self
             .users
@@ -406,7 +516,12 @@ impl Worker {
             return;
         }
 
-        let handle = Rc::new(ConnHandle::new(conn_id, user.clone(), Rc::clone(&stream)));
+        let handle = Rc::new(ConnHandle::new(
+            conn_id,
+            user.clone(),
+            Rc::clone(&stream),
+            token_exp,
+        ));
         handle.push_raw(&accept_response);
         self.register(&handle);
         tracing::debug!(conn = conn_id, %peer, user = %user, worker = self.index, "connection open");

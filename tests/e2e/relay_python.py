@@ -82,7 +82,7 @@ async def main(binary: str) -> int:
     port = free_port()
     env = dict(os.environ, FRAMEGATE_JWT_SECRET=SECRET, FRAMEGATE_LOG="warn")
     server = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2"],
+        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--workers", "2", "--admin-listen", ""],
         env=env,
         stdout=subprocess.DEVNULL,
     )

@@ -17,7 +17,9 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// A configuration for tests: loopback, ephemeral port, the given worker count and TOML
 /// overrides.
 pub fn config(workers: usize, toml: &str) -> Config {
-    let text = format!("listen = \"127.0.0.1:0\"\nworkers = {workers}\n{toml}");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = {workers}\n{toml}"
+    );
     match Config::from_toml(&text, std::path::Path::new("test.toml")) {
         Ok(config) => config,
         Err(err) => panic!("test config does not parse: {err}"),
@@ -288,4 +290,60 @@ pub fn users_on_different_workers(shards: usize) -> (String, String) {
         }
     }
     panic!("no user on another worker");
+}
+
+/// A started server with its admin address and a drain handle.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub drain: framegate::runtime::DrainHandle,
+}
+
+/// Starts a server and keeps its admin address and drain handle.
+pub fn start_full(config: Config) -> Started {
+    let verifier = hs256_verifier(&config);
+    let server = framegate::runtime::start(config, verifier).expect("server starts");
+    let started = Started {
+        addr: server.local_addr(),
+        admin: server.admin_addr(),
+        drain: server.drain_handle(),
+    };
+    std::thread::spawn(move || server.join());
+    started
+}
+
+/// Sends a GET to the admin listener; returns (status, body).
+pub fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_exchange(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
+    );
+    let status = status_of(&response);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Opens an upgraded connection with an explicit token.
+pub fn open_with_token(addr: SocketAddr, token: &str) -> RawClient {
+    let mut stream = connect(addr);
+    stream
+        .write_all(upgrade_request(token).as_bytes())
+        .expect("write upgrade");
+    let (head, rest) = read_head(&mut stream);
+    assert_eq!(status_of(&head), 101, "upgrade failed: {head}");
+    RawClient {
+        stream,
+        pending: rest,
+    }
+}
+
+/// A free loopback port (bound and released; a small race is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .expect("free port")
 }

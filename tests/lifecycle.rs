@@ -1,0 +1,242 @@
+//! Liveness, resource bounds and drain against the real server: server pings, pong
+//! timeout, idle and lifetime limits, token expiry, slow consumers, SIGTERM, admin endpoints.
+
+mod util;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use util::*;
+
+fn close_frame(client: &mut RawClient) -> ServerFrame {
+    loop {
+        let frame = client.read_frame().expect("close frame before TCP close");
+        if frame.opcode == 0x8 {
+            return frame;
+        }
+    }
+}
+
+fn reason(frame: &ServerFrame) -> String {
+    String::from_utf8_lossy(&frame.payload[2..]).into_owned()
+}
+
+#[test]
+fn silent_client_is_pinged_then_closed() {
+    let addr = start(config(1, "ping_interval_ms = 200\npong_timeout_ms = 300\n"));
+    let mut client = open(addr, "silent");
+    let ping = client.read_frame().expect("ping");
+    assert_eq!(ping.opcode, 0x9, "server pings an idle connection");
+    let started = Instant::now();
+    let close = close_frame(&mut client);
+    assert_eq!(close.close_code(), Some(1001));
+    assert!(reason(&close).contains("pong"), "{}", reason(&close));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn answering_pings_keeps_connection_open() {
+    let addr = start(config(1, "ping_interval_ms = 150\npong_timeout_ms = 300\n"));
+    let mut client = open(addr, "lively");
+    for _ in 0..4 {
+        let ping = client.read_frame().expect("ping");
+        assert_eq!(ping.opcode, 0x9);
+        client.send(&client_frame(true, 0xA, &ping.payload));
+    }
+}
+
+#[test]
+fn idle_timeout_closes_with_1001() {
+    let addr = start(config(
+        1,
+        "backend = \"echo\"\nidle_timeout_ms = 300\nping_interval_ms = 100\npong_timeout_ms = 5000\n",
+    ));
+    let mut client = open(addr, "idle");
+    let close = loop {
+        let frame = client.read_frame().expect("frame");
+        match frame.opcode {
+            0x9 => client.send(&client_frame(true, 0xA, &frame.payload)),
+            0x8 => break frame,
+            other => panic!("unexpected opcode {other}"),
+        }
+    };
+    assert_eq!(close.close_code(), Some(1001));
+    assert_eq!(reason(&close), "idle timeout");
+}
+
+#[test]
+fn max_lifetime_closes_with_1001() {
+    let addr = start(config(1, "max_lifetime_ms = 300\n"));
+    let mut client = open(addr, "mortal");
+    let close = close_frame(&mut client);
+    assert_eq!(close.close_code(), Some(1001));
+    assert!(reason(&close).contains("lifetime"), "{}", reason(&close));
+}
+
+#[test]
+fn expired_token_closes_live_connection_with_4001() {
+    let addr = start(config(1, ""));
+    let token = sign(serde_json::json!({"sub": "short", "exp": unix_now() + 2}));
+    let mut client = open_with_token(addr, &token);
+    let started = Instant::now();
+    let close = close_frame(&mut client);
+    assert_eq!(close.close_code(), Some(4001));
+    assert!(started.elapsed() <= Duration::from_secs(4));
+}
+
+#[test]
+fn drain_sends_1001_with_reconnect_hint_and_turns_unready() {
+    let server = start_full(config(2, "drain_jitter_ms = 2000\n"));
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(admin_get(admin, "/readyz").0, 200);
+    assert_eq!(admin_get(admin, "/healthz").0, 200);
+    let mut clients: Vec<RawClient> = (0..4)
+        .map(|i| open(server.addr, &format!("d{i}")))
+        .collect();
+    server.drain.drain();
+    for client in &mut clients {
+        let close = close_frame(client);
+        assert_eq!(close.close_code(), Some(1001));
+        let text = reason(&close);
+        let hint: u64 = text
+            .strip_prefix("going away; reconnect after ")
+            .and_then(|rest| rest.strip_suffix(" ms"))
+            .and_then(|ms| ms.parse().ok())
+            .unwrap_or_else(|| panic!("reconnect hint missing: {text}"));
+        assert!(hint <= 2000);
+        client.finish_close(1001);
+    }
+    assert_eq!(admin_get(admin, "/readyz").0, 503);
+    // New connections are refused once the listeners are closed.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(server.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listener still accepting after drain"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--workers",
+            "2",
+        ])
+        .args(["--admin-listen", ""])
+        .env("FRAMEGATE_JWT_SECRET", std::str::from_utf8(SECRET).unwrap())
+        .env("FRAMEGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn framegate");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut client = open(addr, "sigterm");
+    // SAFETY: sending a signal to our own child process, whose pid we hold.
+    let result = unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(result, 0);
+    let close = close_frame(&mut client);
+    assert_eq!(close.close_code(), Some(1001));
+    client.finish_close(1001);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "no exit after drain"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}: {stderr}");
+}
+
+/// Resident memory of a process in KiB, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn slow_consumer_is_closed_and_memory_stays_bounded() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("framegate-slow-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("slow.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"\"\nworkers = 1\nbackend = \"echo\"\njson = false\n\
+             max_message_bytes = 65536\nrate_per_sec = 0\nmax_outbound_bytes = 262144\n\
+             close_timeout_ms = 20000\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .args(["serve", "--config", config_path.to_str().unwrap()])
+        .env("FRAMEGATE_JWT_SECRET", std::str::from_utf8(SECRET).unwrap())
+        .env("FRAMEGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn framegate");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut client = open(addr, "slow");
+    let baseline = rss_kib(child.id());
+    // Send 64 MiB of echo requests and never read the echoes.
+    let frame = client_frame(true, 0x2, &vec![7u8; 65_536]);
+    client
+        .stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut sent = 0usize;
+    for _ in 0..1024 {
+        if std::io::Write::write_all(&mut client.stream, &frame).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let peak = rss_kib(child.id());
+    // Reading now drains what was in flight, then the close frame.
+    let close = close_frame(&mut client);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(close.close_code(), Some(1008));
+    assert_eq!(reason(&close), "slow consumer");
+    assert!(
+        sent > 4,
+        "the server stopped reading too early ({sent} frames)"
+    );
+    // The echo queue is capped at 256 KiB plus one write in flight and one read buffer.
+    assert!(
+        peak < baseline + 16 * 1024,
+        "server memory grew from {baseline} KiB to {peak} KiB"
+    );
+}
