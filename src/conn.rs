@@ -48,11 +48,14 @@ pub struct Outbox {
     coalesce_pongs: bool,
     /// The newest pong, held back while pongs are coalesced.
     pending_pong: Option<Bytes>,
+    /// Frames queued since the last [`Outbox::take_frame_count`].
+    frames: u64,
 }
 
 impl Outbox {
     /// Queues one unfragmented server frame (never masked, RFC 6455 §5.1).
     pub fn push_frame(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.frames += 1;
         encode::encode_header(&mut self.gather, true, opcode, payload.len());
         self.queued_bytes += header_len(payload.len()) + payload.len();
         if payload.len() <= INLINE_PAYLOAD_MAX {
@@ -65,6 +68,7 @@ impl Outbox {
 
     /// Queues bytes that are already a complete frame (or several).
     pub fn push_encoded(&mut self, frame: &Bytes) {
+        self.frames += 1;
         self.queued_bytes += frame.len();
         if frame.len() <= INLINE_PAYLOAD_MAX {
             self.gather.extend_from_slice(frame);
@@ -76,6 +80,7 @@ impl Outbox {
 
     /// Queues a close frame with `code` and a reason truncated to fit a control frame.
     pub fn push_close(&mut self, code: CloseCode, reason: &str) {
+        self.frames += 1;
         let before = self.gather.len();
         encode::encode_close(&mut self.gather, code, reason);
         self.queued_bytes += self.gather.len() - before;
@@ -121,6 +126,11 @@ impl Outbox {
         self.gather.extend_from_slice(bytes);
     }
 
+    /// Returns the number of frames queued since the last call and resets it.
+    pub fn take_frame_count(&mut self) -> u64 {
+        std::mem::take(&mut self.frames)
+    }
+
     /// Bytes queued and not yet taken.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
@@ -141,6 +151,7 @@ impl Outbox {
     /// Moves the queued segments into `into`, in order, leaving the outbox empty.
     pub fn take_into(&mut self, into: &mut Vec<Bytes>) {
         if let Some(pong) = self.pending_pong.take() {
+            self.frames += 1;
             encode::encode_header(&mut self.gather, true, OpCode::Pong, pong.len());
             self.gather.extend_from_slice(&pong);
         }
@@ -287,6 +298,35 @@ impl std::fmt::Debug for Accepted {
     }
 }
 
+/// Counts kept by a [`Session`] for the caller's metrics; [`Session::take_tally`] hands them
+/// over and starts again from zero.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Frames decoded, control frames included.
+    pub frames_in: u64,
+    /// Messages that passed every check.
+    pub accepted: u64,
+    pub invalid_json: u64,
+    pub missing_field: u64,
+    pub wrong_type: u64,
+    pub rate_limited: u64,
+    pub binary_not_allowed: u64,
+}
+
+impl Tally {
+    /// Pairs of (verdict label, count) for the message metrics.
+    pub fn verdicts(&self) -> [(&'static str, u64); 6] {
+        [
+            ("accepted", self.accepted),
+            ("binary_not_allowed", self.binary_not_allowed),
+            ("invalid_json", self.invalid_json),
+            ("missing_field", self.missing_field),
+            ("rate_limited", self.rate_limited),
+            ("wrong_type", self.wrong_type),
+        ]
+    }
+}
+
 /// Whether the connection goes on after a call to [`Session::on_read`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flow {
@@ -309,6 +349,7 @@ pub struct Session {
     max_violations: u32,
     rules: MessageRules,
     closed: bool,
+    tally: Tally,
 }
 
 impl Session {
@@ -325,7 +366,13 @@ impl Session {
             max_violations: config.max_violations,
             rules: config.rules.clone(),
             closed: false,
+            tally: Tally::default(),
         }
+    }
+
+    /// Returns the counts since the last call and resets them.
+    pub fn take_tally(&mut self) -> Tally {
+        std::mem::take(&mut self.tally)
     }
 
     /// True once a close frame has been queued; later input is discarded.
@@ -369,6 +416,7 @@ impl Session {
                 Err(err) => {
                     let code = CloseCode::from(&err);
                     if code == CloseCode::UNSUPPORTED_DATA {
+                        self.tally.binary_not_allowed += 1;
                         out.push_error(
                             "binary_not_allowed",
                             "binary messages are not accepted; send JSON text",
@@ -379,6 +427,7 @@ impl Session {
                     return self.close(out, code, &err.to_string(), false);
                 }
             };
+            self.tally.frames_in += 1;
             match event {
                 Event::Ping(payload) => out.push_pong(&payload),
                 // RFC 6455 §5.5.3: an unsolicited pong needs no answer.
@@ -391,6 +440,7 @@ impl Session {
                         self.check_message(kind, payload, now, user_bucket.as_deref_mut());
                     match verdict {
                         Ok(message) => {
+                            self.tally.accepted += 1;
                             self.violations = 0;
                             accepted.push(message);
                             // Return so the caller hands the message to the backend before
@@ -398,6 +448,7 @@ impl Session {
                             return Flow::Continue;
                         }
                         Err(rejection) => {
+                            rejection.count(&mut self.tally);
                             rejection.write(out);
                             self.violations += 1;
                             if self.violations >= self.max_violations {
@@ -516,6 +567,17 @@ enum Rejection {
 }
 
 impl Rejection {
+    fn count(&self, tally: &mut Tally) {
+        match self {
+            Self::Invalid { invalid, .. } => match invalid.code() {
+                "missing_field" => tally.missing_field += 1,
+                "wrong_type" => tally.wrong_type += 1,
+                _ => tally.invalid_json += 1,
+            },
+            Self::RateLimited { .. } => tally.rate_limited += 1,
+        }
+    }
+
     fn write(&self, out: &mut Outbox) {
         match self {
             Self::Invalid { invalid, id } => {
@@ -668,6 +730,27 @@ mod tests {
         assert_eq!(error["code"], "rate_limited");
         assert!(error["retry_after_ms"].as_u64().unwrap() >= 1);
         assert_eq!(error["id"], "c1");
+    }
+
+    #[test]
+    fn session_tally_counts_each_verdict() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut input = client_frame(true, 0x9, b"");
+        input.extend(client_frame(true, 1, CHAT));
+        input.extend(client_frame(true, 1, b"{"));
+        input.extend(client_frame(
+            true,
+            1,
+            br#"{"conversation_id":"k","content":1,"to":"x"}"#,
+        ));
+        let _ = run(&mut session, &input, now);
+        let tally = session.take_tally();
+        assert_eq!(tally.frames_in, 4);
+        assert_eq!(tally.accepted, 1);
+        assert_eq!(tally.invalid_json, 1);
+        assert_eq!(tally.wrong_type, 1);
+        assert_eq!(session.take_tally(), Tally::default());
     }
 
     #[test]

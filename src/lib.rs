@@ -38,10 +38,13 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod message;
+pub mod metrics;
+pub mod proxy;
 pub mod ratelimit;
 pub mod runtime;
 pub mod shard;

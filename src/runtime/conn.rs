@@ -17,7 +17,7 @@ use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
 use super::worker::Worker;
-use crate::conn::{Flow, Outbox, Session};
+use crate::conn::{Flow, Outbox, Session, Tally};
 use crate::frame::{CloseCode, OpCode};
 
 /// Most iovecs passed to one `writev` (Linux IOV_MAX).
@@ -51,6 +51,10 @@ pub(crate) struct ConnHandle {
     pub ping_sent_at: Cell<Option<Instant>>,
     /// The token's `exp` (Unix seconds); `None` for anonymous connections.
     pub token_exp: Option<u64>,
+    /// Code of the close frame the server sent; `None` until one is queued.
+    close_code: Cell<Option<u16>>,
+    /// The connection was closed for exceeding `max_outbound_bytes`.
+    slow_consumer: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -67,6 +71,8 @@ impl ConnHandle {
             last_message_at: Cell::new(now),
             ping_sent_at: Cell::new(None),
             token_exp,
+            close_code: Cell::new(None),
+            slow_consumer: Cell::new(false),
             id,
             user,
             stream,
@@ -93,6 +99,7 @@ impl ConnHandle {
         self.outbox
             .borrow_mut()
             .push_close(code, crate::conn::truncate_reason(reason));
+        self.close_code.set(Some(code.0));
         self.close_after_flush.set(true);
         self.reader_wake.notify_one();
         self.writer_wake.notify_one();
@@ -144,6 +151,8 @@ impl ConnHandle {
             // limit. What is queued is dropped; the close frame goes out if the peer reads.
             outbox.clear();
             outbox.push_close(CloseCode::POLICY_VIOLATION, "slow consumer");
+            self.close_code.set(Some(CloseCode::POLICY_VIOLATION.0));
+            self.slow_consumer.set(true);
             self.close_after_flush.set(true);
             self.reader_wake.notify_one();
             tracing::debug!(conn = self.id, "closing slow consumer");
@@ -156,11 +165,22 @@ impl ConnHandle {
 /// Runs the connection until it ends. `leftover` holds frame bytes that arrived with the
 /// upgrade request.
 pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: BytesMut) {
+    read_loop(&worker, &handle, leftover).await;
+
+    let metrics = worker.metrics();
+    // 1006: the peer went away without a close handshake (RFC 6455 §7.1.5).
+    metrics.close(handle.close_code.get().unwrap_or(1006));
+    if handle.slow_consumer.get() {
+        metrics.slow_consumer_closes.inc();
+    }
+}
+
+async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: BytesMut) {
     let shared = &worker.shared;
     handle
         .max_outbound_bytes
         .set(shared.config.max_outbound_bytes);
-    let writer = tokio_uring::spawn(write_loop(Rc::clone(&handle)));
+    let writer = tokio_uring::spawn(write_loop(Rc::clone(handle), Rc::clone(worker)));
 
     let read_size = shared.config.read_buffer_bytes;
     let mut session = Session::new(&shared.session, Instant::now());
@@ -171,6 +191,7 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
     loop {
         let now = Instant::now();
         while !buf.is_empty() && !closing {
+            let started = Instant::now();
             let flow = {
                 let mut out = handle.outbox.borrow_mut();
                 worker.with_user_bucket(&handle.user, |bucket| {
@@ -181,8 +202,15 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
             if dispatched {
                 handle.last_message_at.set(now);
             }
-            worker.dispatch(&handle, &mut accepted);
-            if let Flow::Close { .. } = flow {
+            worker.dispatch(handle, &mut accepted);
+            if dispatched {
+                worker
+                    .metrics()
+                    .message_processing
+                    .observe(started.elapsed());
+            }
+            if let Flow::Close { code, .. } = flow {
+                handle.close_code.set(Some(code.0));
                 handle.close_after_flush.set(true);
                 closing = true;
             }
@@ -190,6 +218,7 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
                 break;
             }
         }
+        record_tally(worker, session.take_tally());
         // One wake-up per read: everything queued above leaves in one writev.
         handle.after_push();
         if closing || handle.close_after_flush.get() {
@@ -215,9 +244,12 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
             break;
         };
         buf = slice.into_inner();
-        if matches!(result, Ok(n) if n > 0) {
+        if let Ok(n) = result
+            && n > 0
+        {
             handle.last_read_at.set(Instant::now());
             handle.ping_sent_at.set(None);
+            worker.metrics().bytes_in.add(n as u64);
         }
         match result {
             Ok(0) => {
@@ -238,10 +270,25 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
         }
     }
 
-    linger(&handle, &shared.config, buf).await;
+    linger(handle, &shared.config, buf).await;
     handle.dead.set(true);
     handle.writer_wake.notify_one();
     let _ = writer.await;
+}
+
+/// Adds a session's counts to the worker's metrics.
+fn record_tally(worker: &Worker, tally: Tally) {
+    if tally == Tally::default() {
+        return;
+    }
+    let metrics = worker.metrics();
+    metrics.frames_in.add(tally.frames_in);
+    metrics.rate_limit_hits.add(tally.rate_limited);
+    for (verdict, count) in tally.verdicts() {
+        for _ in 0..count {
+            metrics.message(verdict);
+        }
+    }
 }
 
 /// After a close frame is queued: read and discard until the peer's FIN or the close
@@ -270,7 +317,7 @@ async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: By
 }
 
 /// Sends whatever is queued, one `writev` per batch, until the connection ends.
-async fn write_loop(handle: Rc<ConnHandle>) {
+async fn write_loop(handle: Rc<ConnHandle>, worker: Rc<Worker>) {
     let mut segments: Vec<Bytes> = Vec::new();
     loop {
         if handle.dead.get() {
@@ -285,7 +332,15 @@ async fn write_loop(handle: Rc<ConnHandle>) {
             handle.writer_wake.notified().await;
             continue;
         }
-        handle.outbox.borrow_mut().take_into(&mut segments);
+        let frames = {
+            let mut outbox = handle.outbox.borrow_mut();
+            outbox.take_into(&mut segments);
+            outbox.take_frame_count()
+        };
+        let bytes: usize = segments.iter().map(Bytes::len).sum();
+        let metrics = worker.metrics();
+        metrics.frames_out.add(frames);
+        metrics.bytes_out.add(bytes as u64);
         // While this write is in flight the peer may not be reading: coalesce pongs.
         handle.outbox.borrow_mut().set_coalesce_pongs(true);
         let written = write_all(&handle.stream, &mut segments).await;

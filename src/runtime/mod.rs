@@ -31,6 +31,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::conn::SessionConfig;
 use crate::handshake::HandshakeConfig;
+use crate::metrics::{self, Snapshot, WorkerMetrics};
 use crate::ratelimit::{Decision, TokenBucket};
 use crate::shard::Ring;
 
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     pub workers_ready: AtomicUsize,
     /// One per worker: wakes it to drain.
     pub drain_signals: Vec<Arc<Notify>>,
+    /// One per worker, written only by that worker, summed when read.
+    pub metrics: Vec<WorkerMetrics>,
 }
 
 impl Shared {
@@ -177,6 +180,11 @@ impl Server {
         self.admin_addr
     }
 
+    /// Per-shard and process figures, summed over the workers.
+    pub fn metrics(&self) -> Snapshot {
+        snapshot(&self.shared)
+    }
+
     /// Open connections in the whole process.
     pub fn open_connections(&self) -> usize {
         self.shared.open_connections.load(Ordering::Relaxed)
@@ -216,13 +224,15 @@ impl Server {
 
 /// Renders the Prometheus text exposition of the process's figures.
 pub(crate) fn render_metrics(shared: &Shared) -> String {
-    // TODO: per-worker counters (upgrades, messages, frames, closes, histograms) are not
-    // rendered yet; only readiness and open connections are.
-    format!(
-        "# HELP framegate_ready Whether the server accepts new connections.\n# TYPE framegate_ready gauge\nframegate_ready {}\n# HELP framegate_connections_open Open WebSocket connections.\n# TYPE framegate_connections_open gauge\nframegate_connections_open {}\n",
-        u8::from(shared.is_ready()),
-        shared.open_connections.load(Ordering::Relaxed)
-    )
+    let workers: Vec<&WorkerMetrics> = shared.metrics.iter().collect();
+    let mut out = String::with_capacity(8192);
+    metrics::render(&workers, shared.is_ready(), &mut out);
+    out
+}
+
+fn snapshot(shared: &Shared) -> Snapshot {
+    let workers: Vec<&WorkerMetrics> = shared.metrics.iter().collect();
+    metrics::snapshot(&workers)
 }
 
 /// Starts the drain from any thread.
@@ -239,6 +249,11 @@ impl DrainHandle {
     /// True when every worker accepts and no drain has started (for `/readyz`).
     pub fn is_ready(&self) -> bool {
         self.shared.is_ready()
+    }
+
+    /// Per-shard and process figures, summed over the workers.
+    pub fn metrics(&self) -> Snapshot {
+        snapshot(&self.shared)
     }
 }
 
@@ -299,6 +314,7 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
         draining: AtomicBool::new(false),
         workers_ready: AtomicUsize::new(0),
         drain_signals: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
+        metrics: (0..workers).map(|_| WorkerMetrics::new()).collect(),
         config,
     });
 

@@ -58,6 +58,8 @@ pub(crate) struct Handoff {
 
 /// An authenticated connection waiting for its 101 on the owning worker.
 pub(crate) struct Pending {
+    /// When the accepting worker accepted the TCP connection.
+    pub accepted_at: Instant,
     pub peer: SocketAddr,
     pub conn_id: u64,
     pub user: String,
@@ -196,18 +198,26 @@ fn unix_now_millis() -> u64 {
 }
 
 async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
+    let accepted_at = Instant::now();
     let conn_id = worker.allocate_conn_id();
     let timeout = worker.shared.config.handshake_timeout;
     let stream = Rc::new(stream);
-    let admitted =
-        match tokio::time::timeout(timeout, read_upgrade(&worker, &stream, peer, conn_id)).await {
-            Ok(admitted) => admitted,
-            Err(_) => {
-                tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
-                reject(&stream, &RejectReason::HandshakeTimeout).await;
-                None
-            }
-        };
+    let admitted = match tokio::time::timeout(
+        timeout,
+        read_upgrade(&worker, &stream, peer, conn_id, accepted_at),
+    )
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err(_) => {
+            tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
+            worker.metrics().handshake_timeouts.inc();
+            worker
+                .reject(&stream, &RejectReason::HandshakeTimeout, accepted_at)
+                .await;
+            None
+        }
+    };
     let Some(pending) = admitted else {
         return;
     };
@@ -224,32 +234,30 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
         Err(err) => {
             tracing::warn!(conn = conn_id, %peer, error = %err, "cannot hand off connection");
             worker.shared.release_connection();
-            reject(
-                &stream,
-                &RejectReason::ServerFull {
-                    retry_after_secs: 1,
-                },
-            )
-            .await;
+            let reason = RejectReason::ServerFull {
+                retry_after_secs: 1,
+            };
+            worker.reject(&stream, &reason, accepted_at).await;
             return;
         }
     };
     drop(stream);
     let handoff = Box::new(Handoff { fd, pending });
-    if let Err(err) = worker.shared.inboxes[owner].try_send(WorkerMsg::Handoff(handoff)) {
-        tracing::warn!(conn = conn_id, %peer, owner, "owner worker inbox is full; rejecting upgrade");
-        worker.shared.release_connection();
-        let WorkerMsg::Handoff(handoff) = err.into_inner() else {
-            return;
-        };
-        let stream = TcpStream::from_std(std::net::TcpStream::from(handoff.fd));
-        reject(
-            &stream,
-            &RejectReason::ServerFull {
+    match worker.shared.inboxes[owner].try_send(WorkerMsg::Handoff(handoff)) {
+        Ok(()) => worker.metrics().handoffs_out.inc(),
+        Err(err) => {
+            tracing::warn!(conn = conn_id, %peer, owner, "owner worker inbox is full; rejecting upgrade");
+            worker.metrics().queue_full.inc();
+            worker.shared.release_connection();
+            let WorkerMsg::Handoff(handoff) = err.into_inner() else {
+                return;
+            };
+            let stream = TcpStream::from_std(std::net::TcpStream::from(handoff.fd));
+            let reason = RejectReason::ServerFull {
                 retry_after_secs: 1,
-            },
-        )
-        .await;
+            };
+            worker.reject(&stream, &reason, accepted_at).await;
+        }
     }
 }
 
@@ -260,6 +268,7 @@ async fn read_upgrade(
     stream: &TcpStream,
     peer: SocketAddr,
     conn_id: u64,
+    accepted_at: Instant,
 ) -> Option<Pending> {
     let shared = &worker.shared;
     let mut parser = Handshake::new(&shared.config);
@@ -286,6 +295,7 @@ async fn read_upgrade(
             Some(Ok((user, token_exp, accept_response, head_len))) => {
                 let leftover = buf.split_off(head_len);
                 return Some(Pending {
+                    accepted_at,
                     peer,
                     conn_id,
                     user,
@@ -296,7 +306,7 @@ async fn read_upgrade(
             }
             Some(Err(reason)) => {
                 tracing::debug!(conn = conn_id, %peer, status = reason.status(), reason = %reason, "upgrade rejected");
-                reject(stream, &reason).await;
+                worker.reject(stream, &reason, accepted_at).await;
                 return None;
             }
         }
@@ -351,20 +361,13 @@ fn check_admission(
     })
 }
 
-/// Writes a rejection response and shuts the socket down.
-async fn reject(stream: &TcpStream, reason: &RejectReason) {
-    let mut response = Vec::with_capacity(256);
-    handshake::write_reject(reason, &mut response);
-    let (_result, _) = stream.write_all(response).await;
-    let _ = stream.shutdown(std::net::Shutdown::Both);
-}
-
 async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
     let mut batch = Vec::with_capacity(INBOX_BATCH);
     while inbox.recv_many(&mut batch, INBOX_BATCH).await > 0 {
         for message in batch.drain(..) {
             match message {
                 WorkerMsg::Handoff(handoff) => {
+                    worker.metrics().handoffs_in.inc();
                     let Handoff { fd, pending } = *handoff;
                     let stream = Rc::new(TcpStream::from_std(std::net::TcpStream::from(fd)));
                     let worker = Rc::clone(&worker);
@@ -394,6 +397,22 @@ async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
 pub(crate) const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
 
 impl Worker {
+    /// This worker's metrics (written only from this thread).
+    pub(crate) fn metrics(&self) -> &crate::metrics::WorkerMetrics {
+        &self.shared.metrics[self.index]
+    }
+
+    /// Writes a rejection response, counts it and shuts the socket down.
+    async fn reject(&self, stream: &TcpStream, reason: &RejectReason, accepted_at: Instant) {
+        let metrics = self.metrics();
+        metrics.upgrade(reason.status());
+        metrics.handshake_duration.observe(accepted_at.elapsed());
+        let mut response = Vec::with_capacity(256);
+        handshake::write_reject(reason, &mut response);
+        let (_result, _) = stream.write_all(response).await;
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Applies the per-connection timers at `now`.
     fn sweep(&self, now: Instant, unix_millis: u64) {
         let config = &self.shared.config;
@@ -423,6 +442,7 @@ impl Worker {
             }
             match handle.ping_sent_at.get() {
                 Some(sent) if now.saturating_duration_since(sent) >= config.pong_timeout => {
+                    self.metrics().pong_timeouts.inc();
                     handle.close(CloseCode::GOING_AWAY, "no pong within pong_timeout");
                 }
                 Some(_) => {}
@@ -431,6 +451,7 @@ impl Worker {
                         >= config.ping_interval
                     {
                         handle.ping(now);
+                        self.metrics().pings_sent.inc();
                     }
                 }
             }
@@ -479,6 +500,7 @@ impl Worker {
     /// Applies the per-user cap, sends the 101 and runs the connection to its end.
     async fn admit(self: Rc<Self>, stream: Rc<TcpStream>, pending: Pending) {
         let Pending {
+            accepted_at,
             peer,
             conn_id,
             user,
@@ -488,13 +510,10 @@ impl Worker {
         } = pending;
         if self.shared.is_draining() {
             self.shared.release_connection();
-            reject(
-                &stream,
-                &RejectReason::ServerFull {
-                    retry_after_secs: 1,
-                },
-            )
-            .await;
+            let reason = RejectReason::ServerFull {
+                retry_after_secs: 1,
+            };
+            self.reject(&stream, &reason, accepted_at).await;
             return;
         }
         let cap = self.shared.config.max_connections_per_user;
@@ -506,13 +525,10 @@ impl Worker {
         if user_conns >= cap {
             tracing::debug!(conn = conn_id, %peer, user = %user, "per-user connection cap reached");
             self.shared.release_connection();
-            reject(
-                &stream,
-                &RejectReason::UserConnectionLimit {
-                    retry_after_secs: 5,
-                },
-            )
-            .await;
+            let reason = RejectReason::UserConnectionLimit {
+                retry_after_secs: 5,
+            };
+            self.reject(&stream, &reason, accepted_at).await;
             return;
         }
 
@@ -523,12 +539,17 @@ impl Worker {
             token_exp,
         ));
         handle.push_raw(&accept_response);
+        let metrics = self.metrics();
+        metrics.upgrade(101);
+        metrics.handshake_duration.observe(accepted_at.elapsed());
+        metrics.connections_open.inc();
         self.register(&handle);
         tracing::debug!(conn = conn_id, %peer, user = %user, worker = self.index, "connection open");
 
         conn::run(Rc::clone(&self), Rc::clone(&handle), leftover).await;
 
         self.unregister(&handle);
+        self.metrics().connections_open.dec();
         self.shared.release_connection();
         tracing::debug!(conn = conn_id, %peer, user = %user, "connection closed");
     }
@@ -536,15 +557,17 @@ impl Worker {
     fn register(&self, handle: &Rc<ConnHandle>) {
         self.conns.borrow_mut().insert(handle.id, Rc::clone(handle));
         let config = &self.shared.config;
+        let metrics = self.metrics();
         let mut users = self.users.borrow_mut();
-        let entry = users
-            .entry(handle.user.clone())
-            .or_insert_with(|| UserEntry {
+        let entry = users.entry(handle.user.clone()).or_insert_with(|| {
+            metrics.users.inc();
+            UserEntry {
                 conns: Vec::new(),
                 bucket: (config.user_rate_per_sec > 0).then(|| {
                     TokenBucket::new(config.user_rate_per_sec, config.user_burst, Instant::now())
                 }),
-            });
+            }
+        });
         entry.conns.push(handle.id);
     }
 
@@ -555,6 +578,7 @@ impl Worker {
             entry.conns.retain(|id| *id != handle.id);
             if entry.conns.is_empty() {
                 users.remove(&handle.user);
+                self.metrics().users.dec();
             }
         }
     }
@@ -585,10 +609,13 @@ impl Worker {
                 delivered += 1;
             }
         }
+        self.metrics().messages_delivered.add(delivered as u64);
         delivered
     }
 
     fn report_offline(&self, reply: ReplyTo, to: &str) {
+        // Counted on the worker that decided the recipient is offline.
+        self.metrics().message("recipient_offline");
         let frame = error_frame(
             "recipient_offline",
             &format!("user {to:?} has no open connection"),
@@ -609,6 +636,7 @@ impl Worker {
             .try_send(WorkerMsg::Notify { conn, frame })
             .is_err()
         {
+            self.metrics().queue_full.inc();
             tracing::warn!(
                 worker = self.index,
                 target,
@@ -658,6 +686,7 @@ impl Worker {
         let owner = self.shared.ring.owner(to.as_bytes());
         if owner == self.index {
             if self.deliver_local(&to, &frame) == 0 {
+                self.metrics().message("recipient_offline");
                 let error = error_frame(
                     "recipient_offline",
                     &format!("user {to:?} has no open connection"),
@@ -674,6 +703,8 @@ impl Worker {
         });
         let delivery = WorkerMsg::Deliver { to, frame, reply };
         if self.shared.inboxes[owner].try_send(delivery).is_err() {
+            self.metrics().queue_full.inc();
+            self.metrics().message("overloaded");
             tracing::warn!(
                 worker = self.index,
                 owner,

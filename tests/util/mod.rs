@@ -347,3 +347,21 @@ pub fn free_port() -> u16 {
         .map(|addr| addr.port())
         .expect("free port")
 }
+
+/// Starts a server and keeps the whole handle (metrics, drain) alive for the test.
+pub fn start_server(config: Config) -> framegate::runtime::Server {
+    let verifier = hs256_verifier(&config);
+    framegate::runtime::start(config, verifier).expect("server starts")
+}
+
+/// Waits until `condition` holds, polling every 10 ms for up to 10 s.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
