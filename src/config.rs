@@ -158,6 +158,9 @@ struct FileConfig {
     drain_timeout_ms: u64,
     drain_jitter_ms: u64,
     admin_listen: String,
+    demo: bool,
+    proxy_protocol: bool,
+    trusted_proxies: Vec<String>,
     auth: AuthSettings,
 }
 
@@ -201,6 +204,9 @@ impl Default for FileConfig {
             drain_timeout_ms: 30_000,
             drain_jitter_ms: 5_000,
             admin_listen: "127.0.0.1:9090".to_owned(),
+            demo: true,
+            proxy_protocol: false,
+            trusted_proxies: Vec::new(),
             auth: AuthSettings::default(),
         }
     }
@@ -274,6 +280,13 @@ pub struct Config {
     pub drain_jitter: Duration,
     /// Admin listener for /metrics, /healthz and /readyz; `None` disables it.
     pub admin_listen: Option<SocketAddr>,
+    /// Serve the browser chat demo at `GET /` on the public port.
+    pub demo: bool,
+    /// Every connection starts with a PROXY protocol v1 or v2 header from the load balancer;
+    /// its source address is the client address for limits and logs.
+    pub proxy_protocol: bool,
+    /// Proxies whose `X-Forwarded-For` is trusted for the client address (CIDR networks).
+    pub trusted_proxies: Vec<crate::proxy::IpNet>,
     /// JWT settings.
     pub auth: AuthSettings,
 }
@@ -468,6 +481,15 @@ impl Config {
                 allowed: "an IP address and port such as 127.0.0.1:9090, or \"\" to disable",
             })?)
         };
+        let mut trusted_proxies = Vec::with_capacity(file.trusted_proxies.len());
+        for network in &file.trusted_proxies {
+            let parsed = network.parse().map_err(|_| ConfigError::Range {
+                key: "trusted_proxies",
+                value: format!("{network:?}"),
+                allowed: "IP addresses or CIDR networks such as \"10.0.0.0/8\" or \"::1\"",
+            })?;
+            trusted_proxies.push(parsed);
+        }
         if file.auth.algorithms.is_empty() {
             return Err(ConfigError::Range {
                 key: "auth.algorithms",
@@ -540,6 +562,9 @@ impl Config {
             drain_timeout: Duration::from_millis(file.drain_timeout_ms),
             drain_jitter: Duration::from_millis(file.drain_jitter_ms),
             admin_listen,
+            demo: file.demo,
+            proxy_protocol: file.proxy_protocol,
+            trusted_proxies,
             auth: file.auth,
         })
     }
@@ -626,6 +651,9 @@ impl fmt::Display for Config {
         )?;
         writeln!(f, "drain_timeout_ms = {}", self.drain_timeout.as_millis())?;
         writeln!(f, "drain_jitter_ms = {}", self.drain_jitter.as_millis())?;
+        writeln!(f, "demo = {}", self.demo)?;
+        writeln!(f, "proxy_protocol = {}", self.proxy_protocol)?;
+        writeln!(f, "trusted_proxies = {:?}", self.trusted_proxies)?;
         match self.admin_listen {
             Some(addr) => writeln!(f, "admin_listen = \"{addr}\"")?,
             None => writeln!(f, "admin_listen = \"\"")?,

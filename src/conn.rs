@@ -191,6 +191,9 @@ pub enum HandshakeStep<'b> {
     },
     /// More bytes are needed.
     Partial,
+    /// A plain `GET /` without an upgrade while the demo page is enabled: serve the page
+    /// and close.
+    DemoPage,
     /// Answer with this status and close.
     Reject(RejectReason),
 }
@@ -207,12 +210,20 @@ impl Handshake {
 
     /// Parses what has arrived so far (`buf` holds every byte received on the connection) and
     /// checks the request once the head is complete.
-    pub fn advance<'b>(&mut self, buf: &'b [u8], config: &HandshakeConfig) -> HandshakeStep<'b> {
+    pub fn advance<'b>(
+        &mut self,
+        buf: &'b [u8],
+        config: &HandshakeConfig,
+        demo: bool,
+    ) -> HandshakeStep<'b> {
         let request = match self.parser.parse(buf) {
             Ok(Status::Complete(request)) => request,
             Ok(Status::Partial) => return HandshakeStep::Partial,
             Err(err) => return HandshakeStep::Reject(RejectReason::from(err)),
         };
+        if demo && is_demo_request(&request) {
+            return HandshakeStep::DemoPage;
+        }
         match handshake::check_request(&request, config) {
             Ok(upgrade) => HandshakeStep::Accept {
                 upgrade,
@@ -221,6 +232,17 @@ impl Handshake {
             Err(reason) => HandshakeStep::Reject(reason),
         }
     }
+}
+
+/// `GET /` (with or without a query) that does not ask for an upgrade.
+fn is_demo_request(request: &crate::http::Request<'_>) -> bool {
+    let path = request.target.split('?').next().unwrap_or_default();
+    request.method == "GET"
+        && path == "/"
+        && !request
+            .headers
+            .iter()
+            .any(|header| header.name.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Verifies the token of an accepted upgrade, or admits it anonymously when tokens are

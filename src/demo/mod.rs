@@ -27,7 +27,7 @@ pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 /// when the page changes; [`render_index`] leaves both elements untouched.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
      script-src 'sha256-ss7suq1q1H3Y2WTnHyejJfmGUdVuH2O2JuThXlcjt48='; \
-     style-src 'sha256-ZX4BOMnkAEbKSsNd0i/0NX1OoRnztt+CDNeIzv+uQ8w='; \
+     style-src 'sha256-+sBGFKICiJcTELfGNrS34P9o89i+geFiKn6aSTsrPIg='; \
      connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The `framegate-path` meta element exactly as `index.html` ships it.

@@ -11,11 +11,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
+use tracing::Instrument;
 
 use super::Shared;
 use super::conn::{self, ConnHandle};
@@ -76,9 +77,20 @@ struct UserEntry {
     bucket: Option<TokenBucket>,
 }
 
+/// At most one repeated warning per [`WARN_INTERVAL`] per worker; the rest are counted and
+/// reported with the next one, so a flood cannot flood the logs too.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct WarnGate {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
 pub(crate) struct Worker {
     pub index: usize,
     pub shared: Arc<Shared>,
+    warn_gate: RefCell<WarnGate>,
     conns: RefCell<AHashMap<u64, Rc<ConnHandle>>>,
     users: RefCell<AHashMap<String, UserEntry>>,
     next_conn: Cell<u64>,
@@ -133,6 +145,7 @@ pub(crate) fn run(
             conns: RefCell::new(AHashMap::new()),
             users: RefCell::new(AHashMap::new()),
             next_conn: Cell::new(0),
+            warn_gate: RefCell::new(WarnGate::default()),
         });
         tokio_uring::spawn(inbox_loop(Rc::clone(&worker), inbox));
         tokio_uring::spawn(sweep_loop(Rc::clone(&worker)));
@@ -161,7 +174,9 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
             Err(_) if worker.shared.is_draining() => return,
             Err(err) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(worker = worker.index, error = %err, "accept failed");
+                if let Some(suppressed) = worker.warn_gate() {
+                    tracing::warn!(worker = worker.index, error = %err, suppressed, "accept failed");
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
@@ -246,7 +261,9 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     match worker.shared.inboxes[owner].try_send(WorkerMsg::Handoff(handoff)) {
         Ok(()) => worker.metrics().handoffs_out.inc(),
         Err(err) => {
-            tracing::warn!(conn = conn_id, %peer, owner, "owner worker inbox is full; rejecting upgrade");
+            if let Some(suppressed) = worker.warn_gate() {
+                tracing::warn!(conn = conn_id, %peer, owner, suppressed, "owner worker inbox is full; rejecting upgrade");
+            }
             worker.metrics().queue_full.inc();
             worker.shared.release_connection();
             let WorkerMsg::Handoff(handoff) = err.into_inner() else {
@@ -273,13 +290,46 @@ async fn read_upgrade(
     let shared = &worker.shared;
     let mut parser = Handshake::new(&shared.config);
     let mut buf = BytesMut::with_capacity(1024);
+    // With the PROXY protocol on, the client address comes from the header that starts the
+    // stream; without it, from the socket (or a trusted X-Forwarded-For, below).
+    let mut client = peer;
+    let mut expect_proxy_header = shared.config.proxy_protocol;
     loop {
+        if expect_proxy_header {
+            match crate::proxy::parse(&buf) {
+                Ok(Some(header)) => {
+                    if let Some(addresses) = header.addresses {
+                        client = addresses.source;
+                    }
+                    buf.advance(header.len);
+                    expect_proxy_header = false;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    // No response: the bytes did not come from the configured proxy.
+                    tracing::debug!(conn = conn_id, %peer, error = %err, "invalid PROXY protocol header");
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return None;
+                }
+            }
+        }
+
         // Check what has arrived; owned results leave the borrow of `buf` before any await.
-        let verdict = match parser.advance(&buf, &shared.handshake) {
+        let step = if expect_proxy_header {
+            HandshakeStep::Partial
+        } else {
+            parser.advance(&buf, &shared.handshake, shared.config.demo)
+        };
+        let verdict = match step {
             HandshakeStep::Partial => None,
+            HandshakeStep::DemoPage => {
+                serve_demo_page(stream, &shared.config.path).await;
+                return None;
+            }
             HandshakeStep::Reject(reason) => Some(Err(reason)),
-            HandshakeStep::Accept { upgrade, head_len } => Some(
-                check_admission(shared, &upgrade, peer, conn_id).map(|(user, token_exp)| {
+            HandshakeStep::Accept { upgrade, head_len } => Some({
+                client = client_address(shared, client, upgrade.forwarded_for);
+                check_admission(shared, &upgrade, client, conn_id).map(|(user, token_exp)| {
                     let mut response = Vec::with_capacity(160);
                     handshake::write_switching_protocols(
                         upgrade.key,
@@ -287,8 +337,8 @@ async fn read_upgrade(
                         &mut response,
                     );
                     (user, token_exp, response, head_len)
-                }),
-            ),
+                })
+            }),
         };
         match verdict {
             None => {}
@@ -296,7 +346,7 @@ async fn read_upgrade(
                 let leftover = buf.split_off(head_len);
                 return Some(Pending {
                     accepted_at,
-                    peer,
+                    peer: client,
                     conn_id,
                     user,
                     token_exp,
@@ -305,7 +355,7 @@ async fn read_upgrade(
                 });
             }
             Some(Err(reason)) => {
-                tracing::debug!(conn = conn_id, %peer, status = reason.status(), reason = %reason, "upgrade rejected");
+                tracing::debug!(conn = conn_id, peer = %client, status = reason.status(), reason = %reason, "upgrade rejected");
                 worker.reject(stream, &reason, accepted_at).await;
                 return None;
             }
@@ -325,11 +375,40 @@ async fn read_upgrade(
     }
 }
 
+/// The client address for limits and logs: the first untrusted hop of `X-Forwarded-For`
+/// when the connection comes from a trusted proxy, else `peer`.
+fn client_address(shared: &Shared, peer: SocketAddr, forwarded_for: Option<&[u8]>) -> SocketAddr {
+    let trusted = &shared.config.trusted_proxies;
+    match forwarded_for {
+        Some(value) if !trusted.is_empty() => {
+            let ip = crate::proxy::client_ip_from_forwarded_for(value, peer.ip(), trusted);
+            SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
+        }
+        _ => peer,
+    }
+}
+
+/// Answers a plain `GET /` with the browser demo page and closes.
+async fn serve_demo_page(stream: &TcpStream, path: &str) {
+    let body = crate::demo::render_index(path);
+    let mut response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Security-Policy: {}\r\n\
+         Cache-Control: no-store\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::demo::CONTENT_TYPE,
+        crate::demo::CONTENT_SECURITY_POLICY,
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(body.as_bytes());
+    let (_result, _) = stream.write_all(response).await;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+}
+
 /// Per-IP rate, process cap and token, in that order (cheapest first).
 fn check_admission(
     shared: &Shared,
     upgrade: &handshake::Upgrade<'_>,
-    peer: SocketAddr,
+    client: SocketAddr,
     conn_id: u64,
 ) -> Result<(String, Option<u64>), RejectReason> {
     if shared.is_draining() {
@@ -337,7 +416,8 @@ fn check_admission(
             retry_after_secs: 1,
         });
     }
-    if let Decision::Throttle { retry_after } = shared.check_upgrade_rate(peer.ip(), Instant::now())
+    if let Decision::Throttle { retry_after } =
+        shared.check_upgrade_rate(client.ip(), Instant::now())
     {
         let retry_after_secs = u32::try_from(retry_after.as_secs())
             .unwrap_or(u32::MAX)
@@ -397,6 +477,23 @@ async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
 pub(crate) const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
 
 impl Worker {
+    /// Returns `Some(suppressed)` when a repeated warning may be logged now, with the number
+    /// of warnings held back since the last one; `None` when it must be held back.
+    fn warn_gate(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut gate = self.warn_gate.borrow_mut();
+        match gate.last {
+            Some(last) if now.saturating_duration_since(last) < WARN_INTERVAL => {
+                gate.suppressed += 1;
+                None
+            }
+            _ => {
+                gate.last = Some(now);
+                Some(std::mem::take(&mut gate.suppressed))
+            }
+        }
+    }
+
     /// This worker's metrics (written only from this thread).
     pub(crate) fn metrics(&self) -> &crate::metrics::WorkerMetrics {
         &self.shared.metrics[self.index]
@@ -544,9 +641,14 @@ impl Worker {
         metrics.handshake_duration.observe(accepted_at.elapsed());
         metrics.connections_open.inc();
         self.register(&handle);
-        tracing::debug!(conn = conn_id, %peer, user = %user, worker = self.index, "connection open");
+        // One span per connection: every event inside carries its ids.
+        let span =
+            tracing::debug_span!("conn", conn = conn_id, worker = self.index, %peer, user = %user);
+        tracing::debug!(parent: &span, "connection open");
 
-        conn::run(Rc::clone(&self), Rc::clone(&handle), leftover).await;
+        conn::run(Rc::clone(&self), Rc::clone(&handle), leftover)
+            .instrument(span.clone())
+            .await;
 
         self.unregister(&handle);
         self.metrics().connections_open.dec();
@@ -637,11 +739,14 @@ impl Worker {
             .is_err()
         {
             self.metrics().queue_full.inc();
-            tracing::warn!(
-                worker = self.index,
-                target,
-                "inbox full; error notice dropped"
-            );
+            if let Some(suppressed) = self.warn_gate() {
+                tracing::warn!(
+                    worker = self.index,
+                    target,
+                    suppressed,
+                    "inbox full; error notice dropped"
+                );
+            }
         }
     }
 
@@ -705,11 +810,14 @@ impl Worker {
         if self.shared.inboxes[owner].try_send(delivery).is_err() {
             self.metrics().queue_full.inc();
             self.metrics().message("overloaded");
-            tracing::warn!(
-                worker = self.index,
-                owner,
-                "delivery queue full; message answered with overloaded"
-            );
+            if let Some(suppressed) = self.warn_gate() {
+                tracing::warn!(
+                    worker = self.index,
+                    owner,
+                    suppressed,
+                    "delivery queue full; message answered with overloaded"
+                );
+            }
             let error = error_frame(
                 "overloaded",
                 "the server cannot take this message now; retry shortly",

@@ -1,0 +1,106 @@
+//! The client address behind a load balancer (PROXY protocol, trusted X-Forwarded-For) and
+//! the browser demo page on the public port.
+
+mod util;
+
+use std::io::Write;
+
+use util::*;
+
+fn upgrade_status(addr: std::net::SocketAddr, prefix: &[u8], extra_header: &str) -> u16 {
+    let mut stream = connect(addr);
+    let mut bytes = prefix.to_vec();
+    let request = upgrade_request(&token("alice"));
+    let request = request.replacen(
+        "Host: localhost\r\n",
+        &format!("Host: localhost\r\n{extra_header}"),
+        1,
+    );
+    bytes.extend_from_slice(request.as_bytes());
+    stream.write_all(&bytes).unwrap();
+    status_of(&read_head(&mut stream).0)
+}
+
+#[test]
+fn proxy_protocol_source_is_the_client_for_ip_limits() {
+    let addr = start(config(
+        1,
+        "proxy_protocol = true\nupgrade_rate_per_ip = 1\nupgrade_burst_per_ip = 1\n",
+    ));
+    let first = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8080\r\n";
+    let other = b"PROXY TCP4 203.0.113.8 127.0.0.1 5556 8080\r\n";
+    assert_eq!(upgrade_status(addr, first, ""), 101);
+    assert_eq!(
+        upgrade_status(addr, first, ""),
+        429,
+        "same client IP is limited"
+    );
+    assert_eq!(
+        upgrade_status(addr, other, ""),
+        101,
+        "another client IP is not"
+    );
+}
+
+#[test]
+fn proxy_protocol_v2_header_is_accepted() {
+    let addr = start(config(1, "proxy_protocol = true\n"));
+    let mut header = vec![
+        0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
+    ];
+    header.push(0x21); // version 2, PROXY command
+    header.push(0x11); // TCP over IPv4
+    header.extend_from_slice(&12u16.to_be_bytes());
+    header.extend_from_slice(&[198, 51, 100, 1, 127, 0, 0, 1]);
+    header.extend_from_slice(&4000u16.to_be_bytes());
+    header.extend_from_slice(&8080u16.to_be_bytes());
+    assert_eq!(upgrade_status(addr, &header, ""), 101);
+}
+
+#[test]
+fn missing_proxy_header_closes_without_response() {
+    let addr = start(config(1, "proxy_protocol = true\n"));
+    let response = http_exchange(addr, upgrade_request(&token("alice")).as_bytes());
+    assert!(response.is_empty(), "{response}");
+}
+
+#[test]
+fn trusted_forwarded_for_is_the_client_for_ip_limits() {
+    let addr = start(config(
+        1,
+        "trusted_proxies = [\"127.0.0.0/8\"]\nupgrade_rate_per_ip = 1\nupgrade_burst_per_ip = 1\n",
+    ));
+    let a = "X-Forwarded-For: 192.0.2.10\r\n";
+    let b = "X-Forwarded-For: 192.0.2.11, 127.0.0.1\r\n";
+    assert_eq!(upgrade_status(addr, b"", a), 101);
+    assert_eq!(upgrade_status(addr, b"", a), 429);
+    assert_eq!(upgrade_status(addr, b"", b), 101);
+}
+
+#[test]
+fn untrusted_forwarded_for_is_ignored() {
+    let addr = start(config(
+        1,
+        "upgrade_rate_per_ip = 1\nupgrade_burst_per_ip = 1\n",
+    ));
+    assert_eq!(
+        upgrade_status(addr, b"", "X-Forwarded-For: 192.0.2.10\r\n"),
+        101
+    );
+    assert_eq!(
+        upgrade_status(addr, b"", "X-Forwarded-For: 192.0.2.99\r\n"),
+        429
+    );
+}
+
+#[test]
+fn demo_page_is_served_at_root() {
+    let addr = start(config(1, ""));
+    let response = http_exchange(addr, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(response.contains("Content-Type: text/html"), "{response}");
+    assert!(response.contains("<meta name=\"framegate-path\" content=\"/ws\">"));
+    let disabled = start(config(1, "demo = false\n"));
+    let response = http_exchange(disabled, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status_of(&response), 404, "{response}");
+}
