@@ -49,12 +49,12 @@ impl std::str::FromStr for BackendKind {
 /// what is allowed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {path}:\n{message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {value} ({allowed})")]
     Range {
@@ -161,6 +161,7 @@ struct FileConfig {
     demo: bool,
     proxy_protocol: bool,
     trusted_proxies: Vec<String>,
+    allowed_origins: Vec<String>,
     auth: AuthSettings,
 }
 
@@ -207,6 +208,7 @@ impl Default for FileConfig {
             demo: true,
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
+            allowed_origins: Vec::new(),
             auth: AuthSettings::default(),
         }
     }
@@ -286,7 +288,11 @@ pub struct Config {
     /// its source address is the client address for limits and logs.
     pub proxy_protocol: bool,
     /// Proxies whose `X-Forwarded-For` is trusted for the client address (CIDR networks).
+    /// With `proxy_protocol`, only these peers may connect.
     pub trusted_proxies: Vec<crate::proxy::IpNet>,
+    /// Browser origins allowed to upgrade; empty allows any. Set it when tokens travel in
+    /// cookies, so other sites cannot open connections with a visitor's cookie.
+    pub allowed_origins: Vec<String>,
     /// JWT settings.
     pub auth: AuthSettings,
 }
@@ -305,16 +311,16 @@ impl Config {
     pub fn from_toml(text: &str, origin: &std::path::Path) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
             path: origin.to_path_buf(),
-            message: err.to_string().trim_end().replace('\n', " "),
+            message: err.to_string().trim_end().to_owned(),
         })?;
         Self::from_file_config(file)
     }
 
     /// Reads and parses a TOML file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         Self::from_toml(&text, path)
     }
@@ -490,6 +496,13 @@ impl Config {
             })?;
             trusted_proxies.push(parsed);
         }
+        check_range(
+            "auth.leeway_secs",
+            usize::try_from(file.auth.leeway_secs).unwrap_or(usize::MAX),
+            0,
+            3600,
+            "0 to 3600 seconds",
+        )?;
         if file.auth.algorithms.is_empty() {
             return Err(ConfigError::Range {
                 key: "auth.algorithms",
@@ -565,6 +578,7 @@ impl Config {
             demo: file.demo,
             proxy_protocol: file.proxy_protocol,
             trusted_proxies,
+            allowed_origins: file.allowed_origins,
             auth: file.auth,
         })
     }
@@ -653,7 +667,13 @@ impl fmt::Display for Config {
         writeln!(f, "drain_jitter_ms = {}", self.drain_jitter.as_millis())?;
         writeln!(f, "demo = {}", self.demo)?;
         writeln!(f, "proxy_protocol = {}", self.proxy_protocol)?;
-        writeln!(f, "trusted_proxies = {:?}", self.trusted_proxies)?;
+        let networks: Vec<String> = self
+            .trusted_proxies
+            .iter()
+            .map(|n| format!("{n:?}"))
+            .collect();
+        writeln!(f, "trusted_proxies = {networks:?}")?;
+        writeln!(f, "allowed_origins = {:?}", self.allowed_origins)?;
         match self.admin_listen {
             Some(addr) => writeln!(f, "admin_listen = \"{addr}\"")?,
             None => writeln!(f, "admin_listen = \"\"")?,
@@ -662,17 +682,34 @@ impl fmt::Display for Config {
         writeln!(f, "[auth]")?;
         writeln!(f, "required = {}", auth.required)?;
         writeln!(f, "algorithms = {:?}", auth.algorithms)?;
-        writeln!(f, "secret_env = {:?}", auth.secret_env)?;
-        writeln!(f, "secret_file = {:?}", auth.secret_file)?;
-        writeln!(f, "public_key_file = {:?}", auth.public_key_file)?;
-        writeln!(f, "private_key_file = {:?}", auth.private_key_file)?;
-        writeln!(f, "issuer = {:?}", auth.issuer)?;
-        writeln!(f, "audience = {:?}", auth.audience)?;
+        write_optional(f, "secret_env", auth.secret_env.as_deref())?;
+        let path_text = |path: &Option<PathBuf>| path.as_ref().map(|p| p.display().to_string());
+        write_optional(f, "secret_file", path_text(&auth.secret_file).as_deref())?;
+        write_optional(
+            f,
+            "public_key_file",
+            path_text(&auth.public_key_file).as_deref(),
+        )?;
+        write_optional(
+            f,
+            "private_key_file",
+            path_text(&auth.private_key_file).as_deref(),
+        )?;
+        write_optional(f, "issuer", auth.issuer.as_deref())?;
+        write_optional(f, "audience", auth.audience.as_deref())?;
         writeln!(f, "leeway_secs = {}", auth.leeway_secs)?;
         writeln!(f, "bearer_header = {}", auth.bearer_header)?;
         writeln!(f, "query_param = {:?}", auth.query_param)?;
         writeln!(f, "protocol_marker = {:?}", auth.protocol_marker)?;
         write!(f, "cookie = {:?}", auth.cookie)
+    }
+}
+
+/// Writes `key = "value"`, or a comment saying the key is unset, so the output stays TOML.
+fn write_optional(f: &mut fmt::Formatter<'_>, key: &str, value: Option<&str>) -> fmt::Result {
+    match value {
+        Some(value) => writeln!(f, "{key} = {value:?}"),
+        None => writeln!(f, "# {key} is unset"),
     }
 }
 

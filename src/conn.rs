@@ -234,15 +234,26 @@ impl Handshake {
     }
 }
 
-/// `GET /` (with or without a query) that does not ask for an upgrade.
+/// A well-formed HTTP/1.1 `GET /` (with or without a query) that does not ask for an
+/// upgrade: exactly one `Host`, and no body (`Content-Length` or `Transfer-Encoding`).
+/// Anything else goes through the upgrade checks and gets their precise status.
 fn is_demo_request(request: &crate::http::Request<'_>) -> bool {
     let path = request.target.split('?').next().unwrap_or_default();
-    request.method == "GET"
-        && path == "/"
-        && !request
+    let count = |name: &str| {
+        request
             .headers
             .iter()
-            .any(|header| header.name.eq_ignore_ascii_case("upgrade"))
+            .filter(|header| header.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    request.method == "GET"
+        && path == "/"
+        && request.major_version == 1
+        && request.minor_version == 1
+        && count("host") == 1
+        && count("upgrade") == 0
+        && count("content-length") == 0
+        && count("transfer-encoding") == 0
 }
 
 /// Verifies the token of an accepted upgrade, or admits it anonymously when tokens are
@@ -471,7 +482,7 @@ impl Session {
                         }
                         Err(rejection) => {
                             rejection.count(&mut self.tally);
-                            rejection.write(out);
+                            rejection.write(out, &self.rules);
                             self.violations += 1;
                             if self.violations >= self.max_violations {
                                 let reason =
@@ -600,10 +611,10 @@ impl Rejection {
         }
     }
 
-    fn write(&self, out: &mut Outbox) {
+    fn write(&self, out: &mut Outbox, rules: &MessageRules) {
         match self {
             Self::Invalid { invalid, id } => {
-                let detail = invalid.to_string();
+                let detail = invalid.detail(rules).to_string();
                 out.push_error(invalid.code(), &detail, id_text(id), None);
             }
             Self::RateLimited { retry_after_ms, id } => {
@@ -734,6 +745,11 @@ mod tests {
         assert_eq!(error["type"], "error");
         assert_eq!(error["code"], "missing_field");
         assert_eq!(error["id"], "c42");
+        let detail = error["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("content"),
+            "detail names the field: {detail}"
+        );
     }
 
     #[test]

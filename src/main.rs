@@ -69,7 +69,7 @@ struct TokenArgs {
     /// User id, written to the `sub` claim.
     #[arg(long)]
     sub: String,
-    /// Lifetime: a number with unit s, m, h or d (for example 90s, 30m, 1h); default 1h.
+    /// Lifetime: a number with unit s, m, h or d (for example 90s, 30m, 1h).
     #[arg(long, default_value = "1h")]
     ttl: String,
     /// Config file whose [auth] table names the key (default: HS256 with FRAMEGATE_JWT_SECRET).
@@ -93,16 +93,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(args) => exit_on_error(token(args)),
         Command::Ring(args) => exit_on_error(ring(args)),
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(config) => {
-                println!("{config}");
-                ExitCode::SUCCESS
-            }
-            Err(err) => {
-                eprintln!("error: {err}");
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { file } => exit_on_error(check_config(&file)),
     }
 }
 
@@ -117,11 +108,33 @@ fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+/// Validates a config file the way `serve` would, including the `[auth]` keys and secrets,
+/// and prints the effective values.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let algorithms = parse_algorithms(&config.auth)?;
+    if algorithms.iter().copied().all(is_hmac) && read_secret(&config.auth)?.is_none() {
+        let variable = config
+            .auth
+            .secret_env
+            .as_deref()
+            .unwrap_or("FRAMEGATE_JWT_SECRET");
+        eprintln!(
+            "note: no HMAC secret is set ({variable} or auth.secret_file): serve would use a random development secret"
+        );
+    } else {
+        build_verifier(&config)?;
+    }
+    println!("{config}");
+    Ok(())
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),

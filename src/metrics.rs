@@ -17,7 +17,7 @@ use std::time::Duration;
 /// `Content-Type` of the text that [`render`] writes.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Most buckets a [`Histogram`] can hold, counting the implicit `+Inf` bucket.
+/// Maximum number of buckets in a [`Histogram`], counting the implicit `+Inf` bucket.
 pub const MAX_BUCKETS: usize = 16;
 
 /// Bucket upper bounds of [`WorkerMetrics::handshake_duration`], in nanoseconds: 100 µs to
@@ -279,7 +279,7 @@ pub struct WorkerMetrics {
     pub handshake_timeouts: Counter,
     /// Pings the server sent to quiet connections.
     pub pings_sent: Counter,
-    /// Connections closed because they did not answer a ping in time.
+    /// Connections closed because nothing arrived within `pong_timeout_ms` after a ping.
     pub pong_timeouts: Counter,
 }
 
@@ -642,7 +642,7 @@ fn write_snapshot(snap: &Snapshot, ready: bool, out: &mut String) {
         ),
         (
             "framegate_pong_timeouts_total",
-            "Connections closed because they did not answer a ping in time.",
+            "Connections closed because nothing arrived within pong_timeout_ms after a ping.",
             snap.pong_timeouts,
         ),
     ];
@@ -809,8 +809,8 @@ mod tests {
         }
     }
 
-    /// Parses exposition text strictly: every line must be a HELP, TYPE or sample line, every
-    /// sample's family must have HELP and TYPE before it, a family's samples must be
+    /// Parses exposition text strictly. Every line must be a HELP, TYPE or sample line, and
+    /// every sample's family must have HELP and TYPE before it. A family's samples must be
     /// contiguous, and label values may only use the escapes `\\`, `\"` and `\n`.
     fn parse(text: &str) -> Result<Parsed, String> {
         let mut parsed = Parsed::default();
@@ -1344,7 +1344,7 @@ mod tests {
     }
 
     #[test]
-    fn worker_metrics_layout_is_cache_line_aligned_and_shareable() {
+    fn worker_metrics_aligned_send_sync() {
         const fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<WorkerMetrics>();
         assert_eq!(std::mem::align_of::<WorkerMetrics>(), 128);

@@ -20,8 +20,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::str::FromStr;
 
-/// Longest version 1 header, CRLF included (`PROXY UNKNOWN` with two full IPv6 addresses and
-/// ports).
+/// Maximum length of a version 1 header, CRLF included (`PROXY UNKNOWN` with two full IPv6
+/// addresses and ports).
 pub const V1_MAX_LEN: usize = 107;
 
 /// First 12 bytes of every version 2 header.
@@ -29,7 +29,7 @@ pub const V2_SIGNATURE: [u8; 12] = [
     0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
 ];
 
-/// Largest version 2 address block (addresses and TLVs) accepted, in bytes. The length field
+/// Maximum length of a version 2 address block (addresses and TLVs) in bytes. The length field
 /// allows 65,535; real headers with TLVs stay far below this, and the bound keeps a
 /// connection from making the listener buffer 64 KiB before the request.
 pub const V2_MAX_BLOCK_LEN: u16 = 4096;
@@ -86,7 +86,7 @@ pub struct ProxyHeader {
     pub addresses: Option<ProxyAddresses>,
 }
 
-/// Why a PROXY protocol header or a trusted network was rejected.
+/// Error from parsing a PROXY protocol header or a trusted network.
 ///
 /// A connection with an invalid header must be closed without a response: the bytes came
 /// from a misconfigured proxy or from a client that should not reach this port.
@@ -904,7 +904,7 @@ mod tests {
     }
 
     #[test]
-    fn parse_v1_rejects_without_waiting_for_107_bytes_when_line_ends() {
+    fn parse_v1_lone_lf_rejected_early() {
         assert_eq!(
             parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"),
             Err(ProxyError::V1LineEnding)
@@ -1015,7 +1015,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_walks_from_the_right_past_trusted_proxies() {
+    fn forwarded_for_skips_trusted_hops() {
         let trusted = [net("10.0.0.0/8"), net("2001:db8:ffff::/48")];
         let peer = ip("10.0.0.1");
         let cases: [(&[u8], &str); 13] = [

@@ -104,3 +104,73 @@ fn demo_page_is_served_at_root() {
     let response = http_exchange(disabled, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status_of(&response), 404, "{response}");
 }
+
+#[test]
+fn origin_outside_allowed_list_gets_403() {
+    let addr = start(config(
+        1,
+        "allowed_origins = [\"https://chat.example.com\"]\n",
+    ));
+    assert_eq!(
+        upgrade_status(addr, b"", "Origin: https://chat.example.com\r\n"),
+        101
+    );
+    assert_eq!(
+        upgrade_status(addr, b"", "Origin: https://evil.example\r\n"),
+        403
+    );
+    assert_eq!(
+        upgrade_status(addr, b"", ""),
+        403,
+        "a missing Origin is refused too"
+    );
+}
+
+#[test]
+fn proxy_header_from_untrusted_peer_is_refused() {
+    let addr = start(config(
+        1,
+        "proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/8\"]\n",
+    ));
+    let mut stream = connect(addr);
+    let mut bytes = b"PROXY TCP4 203.0.113.7 127.0.0.1 5555 8080\r\n".to_vec();
+    bytes.extend_from_slice(upgrade_request(&token("alice")).as_bytes());
+    let _ = stream.write_all(&bytes);
+    let mut response = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut response);
+    assert!(
+        response.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&response)
+    );
+}
+
+#[test]
+fn demo_page_requires_a_well_formed_request() {
+    let addr = start(config(1, ""));
+    // Not the demo: these go through the upgrade checks, where `/` is not the WebSocket
+    // path (404) or the version is wrong (505).
+    let cases: [(&[u8], u16); 3] = [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 404),
+        (
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+            404,
+        ),
+        (b"GET / HTTP/1.0\r\nHost: a\r\n\r\n", 505),
+    ];
+    for (request, status) in cases {
+        let response = http_exchange(addr, request);
+        assert_eq!(status_of(&response), status, "{response}");
+    }
+}
+
+#[test]
+fn second_server_on_same_port_fails_to_start() {
+    let port = free_port();
+    let mut first = config(1, "");
+    first.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let _running = start_server(first.clone());
+    let verifier = hs256_verifier(&first);
+    let second = framegate::runtime::start(first, verifier);
+    assert!(second.is_err(), "a second server shared the port");
+}

@@ -224,6 +224,23 @@ fn message_checks_answer_with_error_frames() {
             "{text}"
         );
     }
+    // Details name the field, not an internal index.
+    client.send_text(r#"{"conversation_id":"c1"}"#);
+    let detail = client.read_frame().unwrap().json()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(detail.contains("\"content\""), "{detail}");
+    client.send_text(r#"{"conversation_id":"c1","content":[]}"#);
+    let detail = client.read_frame().unwrap().json()["detail"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        detail.contains("content") && detail.contains("string"),
+        "{detail}"
+    );
+
     // The connection stays open and valid messages still pass.
     client.send_text(&ok_message("still here"));
     assert_eq!(client.read_frame().unwrap().json()["content"], "still here");

@@ -8,8 +8,8 @@
 //! name, so a link cannot make the page send a token to another host. The browser test in
 //! `tests/browser/` uses the override to reach a test server on another port.
 //!
-//! The module is pure: it holds the page and rewrites one attribute; serving it is the
-//! runtime's job.
+//! The module is pure: it contains the page and rewrites one attribute. Serving the page is
+//! the runtime's job.
 #![forbid(unsafe_code)]
 
 /// The page as shipped, with the default WebSocket path `/ws`.
@@ -26,7 +26,7 @@ pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
 /// and `</style>` in `index.html`. `tests/browser/` checks them and prints the new values
 /// when the page changes; [`render_index`] leaves both elements untouched.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; \
-     script-src 'sha256-ss7suq1q1H3Y2WTnHyejJfmGUdVuH2O2JuThXlcjt48='; \
+     script-src 'sha256-uFEbfujs0Ipxi+DQcJH85nKTUwsgKAQv0oArkkKAx4o='; \
      style-src 'sha256-+sBGFKICiJcTELfGNrS34P9o89i+geFiKn6aSTsrPIg='; \
      connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 

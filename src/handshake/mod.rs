@@ -64,6 +64,10 @@ pub struct HandshakeConfig {
     pub cookie: Option<String>,
     /// Application subprotocols the server supports, each a token. Default empty.
     pub subprotocols: Vec<String>,
+    /// Browser origins allowed to connect (for example `https://chat.example.com`). When
+    /// non-empty, a request whose `Origin` is missing or not in the list gets 403, which
+    /// stops cross-site pages from riding on a token cookie. Default empty: any origin.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for HandshakeConfig {
@@ -75,6 +79,7 @@ impl Default for HandshakeConfig {
             protocol_marker: None,
             cookie: None,
             subprotocols: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -107,6 +112,21 @@ pub struct Upgrade<'b> {
     /// appended if that proxy adds a line, but proxies that append to the existing line put
     /// the nearest hop at the end of it instead.
     pub forwarded_for: Option<&'b [u8]>,
+}
+
+/// True when the request has exactly one `Origin` and it matches an allowed origin (ASCII
+/// case-insensitive, as origins serialize scheme and host in lowercase).
+fn origin_allowed(req: &Request<'_>, allowed: &[String]) -> bool {
+    let mut origins = req
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case("origin"));
+    let (Some(origin), None) = (origins.next(), origins.next()) else {
+        return false;
+    };
+    allowed
+        .iter()
+        .any(|candidate| origin.value.eq_ignore_ascii_case(candidate.as_bytes()))
 }
 
 /// Prints the token's source and length but never the token itself.
@@ -167,6 +187,11 @@ pub fn check_request<'b>(
     // RFC 6455 §4.2.1 item 6 and §4.4: only version 13 is spoken.
     if !matches!(fields.version, Single::Once(b"13")) {
         return Err(RejectReason::UnsupportedWebSocketVersion);
+    }
+
+    // RFC 6455 §10.2: the server may use Origin to refuse connections from other sites.
+    if !cfg.allowed_origins.is_empty() && !origin_allowed(req, &cfg.allowed_origins) {
+        return Err(RejectReason::OriginNotAllowed);
     }
 
     // RFC 6455 §4.2.1 item 5: the key is a base64-encoded 16-byte nonce, sent once.

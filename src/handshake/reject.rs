@@ -70,6 +70,9 @@ pub enum RejectReason {
     /// The request head could not be parsed. HTTP 431 for the size limits, 400 otherwise.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// `Origin` is missing or not in `allowed_origins` (RFC 6455 §10.2). HTTP 403.
+    #[error("origin is not allowed to connect")]
+    OriginNotAllowed,
     /// The target's path is not the WebSocket endpoint. HTTP 404.
     #[error("no WebSocket endpoint at this path")]
     PathNotFound,
@@ -123,6 +126,7 @@ impl RejectReason {
             | Self::Parse(_)
             | Self::UnexpectedBody => 400,
             Self::InvalidToken(_) | Self::MissingToken => 401,
+            Self::OriginNotAllowed => 403,
             Self::PathNotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::HandshakeTimeout => 408,
@@ -151,6 +155,7 @@ pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",

@@ -7,26 +7,47 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::Shared;
 
 /// Largest admin request head read; longer requests get 431.
 const MAX_ADMIN_REQUEST: usize = 8192;
-const ADMIN_IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time a client has to send its whole request and read the response.
+const ADMIN_REQUEST_DEADLINE: Duration = Duration::from_secs(2);
+/// Admin requests served at once; more get 503 so a probe never waits behind slow clients.
+const MAX_ADMIN_CONCURRENT: usize = 16;
 
-/// Binds the admin listener and serves it on a thread of its own. Returns the bound address.
-pub(crate) fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+/// Serves the bound admin listener on a thread of its own. Returns the bound address.
+pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("framegate-admin".to_owned())
         .spawn(move || {
+            let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 match stream {
-                    Ok(stream) => {
-                        if let Err(err) = serve(stream, &shared) {
-                            tracing::debug!(error = %err, "admin request failed");
+                    Ok(mut stream) => {
+                        if active.fetch_add(1, Ordering::Relaxed) >= MAX_ADMIN_CONCURRENT {
+                            active.fetch_sub(1, Ordering::Relaxed);
+                            let _ = stream.set_write_timeout(Some(ADMIN_REQUEST_DEADLINE));
+                            let _ =
+                                respond(&mut stream, 503, "text/plain", "admin listener busy\n");
+                            continue;
+                        }
+                        let shared = Arc::clone(&shared);
+                        let active = Arc::clone(&active);
+                        let spawned = std::thread::Builder::new()
+                            .name("framegate-admin-req".to_owned())
+                            .spawn(move || {
+                                if let Err(err) = serve(stream, &shared) {
+                                    tracing::debug!(error = %err, "admin request failed");
+                                }
+                                active.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        if spawned.is_err() {
+                            tracing::warn!("cannot start a thread for an admin request");
                         }
                     }
                     Err(err) => {
@@ -40,14 +61,20 @@ pub(crate) fn start(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<So
 }
 
 fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    stream.set_read_timeout(Some(ADMIN_IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(ADMIN_IO_TIMEOUT))?;
+    let deadline = Instant::now() + ADMIN_REQUEST_DEADLINE;
+    stream.set_write_timeout(Some(ADMIN_REQUEST_DEADLINE))?;
     let mut head = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|window| window == b"\r\n\r\n") {
         if head.len() > MAX_ADMIN_REQUEST {
             return respond(&mut stream, 431, "text/plain", "request head too large\n");
         }
+        // The deadline covers the whole request, so a byte-at-a-time client cannot hold on.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Ok(());

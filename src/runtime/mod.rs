@@ -119,32 +119,108 @@ impl Shared {
 }
 
 /// Per-client-IP upgrade buckets, shared by all workers so the limit is exact per process.
+///
+/// IPv6 clients are keyed by their /64 prefix, because one host usually holds a whole /64.
+/// The table holds at most [`IP_TABLE_MAX`] addresses: once it is full (after dropping
+/// buckets idle for [`IP_IDLE`], at most once per [`IP_PRUNE_EVERY`]), new addresses share
+/// one overflow bucket with [`OVERFLOW_SCALE`] times the per-IP rate and burst, so a flood of
+/// distinct addresses costs constant time per upgrade and bounded memory.
 pub(crate) struct IpLimiter {
     buckets: AHashMap<IpAddr, (TokenBucket, Instant)>,
+    overflow: Option<TokenBucket>,
+    last_prune: Option<Instant>,
 }
 
-/// Above this many tracked addresses, buckets idle for [`IP_IDLE`] are dropped.
-const IP_PRUNE_THRESHOLD: usize = 65_536;
+const IP_TABLE_MAX: usize = 65_536;
 const IP_IDLE: Duration = Duration::from_secs(60);
+const IP_PRUNE_EVERY: Duration = Duration::from_secs(1);
+const OVERFLOW_SCALE: u32 = 64;
 
 impl IpLimiter {
     fn new() -> Self {
         Self {
             buckets: AHashMap::new(),
+            overflow: None,
+            last_prune: None,
         }
     }
 
     fn check(&mut self, ip: IpAddr, now: Instant, rate: u32, burst: u32) -> Decision {
-        if self.buckets.len() >= IP_PRUNE_THRESHOLD {
-            self.buckets
-                .retain(|_, (_, last)| now.saturating_duration_since(*last) < IP_IDLE);
+        let key = limiter_key(ip);
+        if let Some((bucket, last)) = self.buckets.get_mut(&key) {
+            *last = now;
+            return bucket.try_take(now);
         }
-        let (bucket, last) = self
-            .buckets
-            .entry(ip)
-            .or_insert_with(|| (TokenBucket::new(rate, burst, now), now));
-        *last = now;
-        bucket.try_take(now)
+        if self.buckets.len() >= IP_TABLE_MAX {
+            let due = self
+                .last_prune
+                .is_none_or(|last| now.saturating_duration_since(last) >= IP_PRUNE_EVERY);
+            if due {
+                self.last_prune = Some(now);
+                self.buckets
+                    .retain(|_, (_, last)| now.saturating_duration_since(*last) < IP_IDLE);
+            }
+        }
+        if self.buckets.len() >= IP_TABLE_MAX {
+            let overflow = self.overflow.get_or_insert_with(|| {
+                TokenBucket::new(
+                    rate.saturating_mul(OVERFLOW_SCALE),
+                    burst.saturating_mul(OVERFLOW_SCALE),
+                    now,
+                )
+            });
+            return overflow.try_take(now);
+        }
+        let mut bucket = TokenBucket::new(rate, burst, now);
+        let decision = bucket.try_take(now);
+        self.buckets.insert(key, (bucket, now));
+        decision
+    }
+}
+
+/// The limiter key of a client address: IPv4 as is (IPv4-mapped IPv6 folded to IPv4), IPv6
+/// by its /64 prefix.
+fn limiter_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limiter_keys_ipv6_by_prefix_and_folds_mapped_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(limiter_key(a), limiter_key(b));
+        assert_ne!(limiter_key(a), limiter_key(c));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(limiter_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn limiter_table_is_bounded_and_overflow_is_shared() {
+        let now = Instant::now();
+        let mut limiter = IpLimiter::new();
+        for i in 0..(IP_TABLE_MAX as u32 + 1000) {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            let _ = limiter.check(ip, now, 1, 1);
+        }
+        assert_eq!(limiter.buckets.len(), IP_TABLE_MAX);
+        assert!(limiter.overflow.is_some());
+        // A known address keeps its own bucket: its one token is spent.
+        let first = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000));
+        assert!(matches!(
+            limiter.check(first, now, 1, 1),
+            Decision::Throttle { .. }
+        ));
     }
 }
 
@@ -158,6 +234,7 @@ pub fn handshake_config(config: &Config) -> HandshakeConfig {
         protocol_marker: non_empty(&config.auth.protocol_marker),
         cookie: non_empty(&config.auth.cookie),
         subprotocols: config.subprotocols.clone(),
+        allowed_origins: config.allowed_origins.clone(),
     }
 }
 
@@ -277,6 +354,25 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
     let workers = config.workers;
     let ring = Ring::new(workers).map_err(RunError::Ring)?;
 
+    // Bind the admin port first, so a clash stops the start before the public port opens.
+    let admin_listener = match config.admin_listen {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+
+    // SO_REUSEPORT would let this process silently share the port with another server that
+    // set it too, splitting users between two processes: check that the port is free first.
+    if config.listen.port() != 0 {
+        let probe =
+            std::net::TcpListener::bind(config.listen).map_err(|source| RunError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        drop(probe);
+    }
+
     // Bind the first listener here so port 0 resolves to one port that every worker shares.
     let first = worker::bind_listener(config.listen).map_err(|source| RunError::Bind {
         addr: config.listen,
@@ -347,14 +443,14 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
             }
         }
     }
-    let admin_addr = match shared.config.admin_listen {
-        Some(addr) => {
-            let bound = admin::start(addr, Arc::clone(&shared))
+    let admin_addr = match (admin_listener, shared.config.admin_listen) {
+        (Some(listener), Some(addr)) => {
+            let bound = admin::start(listener, Arc::clone(&shared))
                 .map_err(|source| RunError::Bind { addr, source })?;
             tracing::info!(admin_addr = %bound, "admin listener serving /metrics, /healthz, /readyz");
             Some(bound)
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(%local_addr, workers, "framegate listening");
     Ok(Server {

@@ -294,12 +294,23 @@ async fn read_upgrade(
     // stream; without it, from the socket (or a trusted X-Forwarded-For, below).
     let mut client = peer;
     let mut expect_proxy_header = shared.config.proxy_protocol;
+    let trusted = &shared.config.trusted_proxies;
+    if expect_proxy_header
+        && !trusted.is_empty()
+        && !trusted.iter().any(|network| network.contains(peer.ip()))
+    {
+        // Only the configured proxies may speak for a client.
+        tracing::debug!(conn = conn_id, %peer, "PROXY protocol connection from an untrusted peer");
+        let _ = stream.shutdown(std::net::Shutdown::Both);
+        return None;
+    }
     loop {
         if expect_proxy_header {
             match crate::proxy::parse(&buf) {
                 Ok(Some(header)) => {
                     if let Some(addresses) = header.addresses {
-                        client = addresses.source;
+                        let source = addresses.source;
+                        client = SocketAddr::new(source.ip().to_canonical(), source.port());
                     }
                     buf.advance(header.len);
                     expect_proxy_header = false;
