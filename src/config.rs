@@ -162,6 +162,7 @@ struct FileConfig {
     proxy_protocol: bool,
     trusted_proxies: Vec<String>,
     allowed_origins: Vec<String>,
+    max_pending_upgrades: usize,
     auth: AuthSettings,
 }
 
@@ -209,6 +210,7 @@ impl Default for FileConfig {
             proxy_protocol: false,
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
+            max_pending_upgrades: 10_000,
             auth: AuthSettings::default(),
         }
     }
@@ -293,6 +295,9 @@ pub struct Config {
     /// Browser origins allowed to upgrade; empty allows any. Set it when tokens travel in
     /// cookies, so other sites cannot open connections with a visitor's cookie.
     pub allowed_origins: Vec<String>,
+    /// TCP connections still in the upgrade phase, per process; above it new connections
+    /// are closed at once, so idle sockets cannot use up the file descriptors.
+    pub max_pending_upgrades: usize,
     /// JWT settings.
     pub auth: AuthSettings,
 }
@@ -503,6 +508,13 @@ impl Config {
             3600,
             "0 to 3600 seconds",
         )?;
+        check_range(
+            "max_pending_upgrades",
+            file.max_pending_upgrades,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )?;
         if file.auth.algorithms.is_empty() {
             return Err(ConfigError::Range {
                 key: "auth.algorithms",
@@ -579,6 +591,7 @@ impl Config {
             proxy_protocol: file.proxy_protocol,
             trusted_proxies,
             allowed_origins: file.allowed_origins,
+            max_pending_upgrades: file.max_pending_upgrades,
             auth: file.auth,
         })
     }
@@ -674,6 +687,7 @@ impl fmt::Display for Config {
             .collect();
         writeln!(f, "trusted_proxies = {networks:?}")?;
         writeln!(f, "allowed_origins = {:?}", self.allowed_origins)?;
+        writeln!(f, "max_pending_upgrades = {}", self.max_pending_upgrades)?;
         match self.admin_listen {
             Some(addr) => writeln!(f, "admin_listen = \"{addr}\"")?,
             None => writeln!(f, "admin_listen = \"\"")?,

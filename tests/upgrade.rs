@@ -377,3 +377,38 @@ fn slow_drip_upgrade_is_closed_at_timeout() {
     let (head, _) = read_head(&mut stream);
     assert_eq!(status_of(&head), 408, "{head}");
 }
+
+#[test]
+fn pending_upgrade_cap_closes_extra_connections() {
+    let addr = start(config(
+        1,
+        "max_pending_upgrades = 3\nhandshake_timeout_ms = 5000\n",
+    ));
+    // Three idle connections hold every pending slot.
+    let idle: Vec<std::net::TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let response = http_exchange(addr, upgrade_request(&token("late")).as_bytes());
+    assert!(
+        response.is_empty(),
+        "expected an immediate close, got {response}"
+    );
+    drop(idle);
+    // Once they are gone, upgrades work again.
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut stream = connect(addr);
+        stream
+            .write_all(upgrade_request(&token("late")).as_bytes())
+            .unwrap();
+        let mut first = [0u8; 12];
+        if std::io::Read::read_exact(&mut stream, &mut first).is_ok() && &first == b"HTTP/1.1 101" {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        ok,
+        "upgrades did not recover after the idle connections closed"
+    );
+}

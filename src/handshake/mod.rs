@@ -448,11 +448,44 @@ impl<'b> Fields<'b> {
 }
 
 /// Returns `bytes` as text when it is a non-empty host and optional port.
+/// Checks `Host` against RFC 9112 §3.2 (`uri-host [ ":" port ]`, RFC 3986 §3.2.2): an IP
+/// literal in brackets (IPv6 or IPvFuture), or an IPv4 address or reg-name without colons,
+/// then an optional port of digits no larger than 65535.
 fn host_str(bytes: &[u8]) -> Option<&str> {
     if bytes.is_empty() || !all_in(&HOST, bytes) {
         return None;
     }
-    std::str::from_utf8(bytes).ok()
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (literal, after) = rest.split_once(']')?;
+        let literal_ok = literal.parse::<std::net::Ipv6Addr>().is_ok()
+            || literal.starts_with(['v', 'V']) && literal.contains('.');
+        if !literal_ok {
+            return None;
+        }
+        let port = match after.strip_prefix(':') {
+            Some(port) => Some(port),
+            None if after.is_empty() => None,
+            None => return None,
+        };
+        (literal, port)
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    if host.is_empty() || host.contains(['[', ']']) || port.is_some_and(|p| p.contains(':')) {
+        return None;
+    }
+    // An empty port is allowed by the grammar (`port = *DIGIT`).
+    if let Some(port) = port
+        && !port.is_empty()
+        && (!port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err())
+    {
+        return None;
+    }
+    Some(text)
 }
 
 #[cfg(test)]
@@ -1087,6 +1120,26 @@ mod tests {
         inputs.push(valid);
         for input in inputs {
             fuzz_upgrade_request(&input);
+        }
+    }
+
+    #[test]
+    fn host_syntax_follows_rfc_9112() {
+        for host in [
+            "example.com",
+            "example.com:8080",
+            "x:",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:443",
+            "[v1.x]",
+        ] {
+            assert!(host_str(host.as_bytes()).is_some(), "{host} is valid");
+        }
+        for host in [
+            "::1", "[::1", "x:abc", "x:99999", "a:1:2", "[::1]x", "[nope]", ":80",
+        ] {
+            assert!(host_str(host.as_bytes()).is_none(), "{host} is invalid");
         }
     }
 }

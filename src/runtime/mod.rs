@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     /// Workers that finished starting.
     pub workers_ready: AtomicUsize,
+    /// Connections accepted and still in the upgrade phase.
+    pub pending_upgrades: AtomicUsize,
     /// One per worker: wakes it to drain.
     pub drain_signals: Vec<Arc<Notify>>,
     /// One per worker, written only by that worker, summed when read.
@@ -409,6 +411,7 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
         ip_limiter: Mutex::new(IpLimiter::new()),
         draining: AtomicBool::new(false),
         workers_ready: AtomicUsize::new(0),
+        pending_upgrades: AtomicUsize::new(0),
         drain_signals: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
         metrics: (0..workers).map(|_| WorkerMetrics::new()).collect(),
         config,

@@ -168,6 +168,17 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let pending = &worker.shared.pending_upgrades;
+                if pending.fetch_add(1, Ordering::Relaxed)
+                    >= worker.shared.config.max_pending_upgrades
+                {
+                    pending.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(suppressed) = worker.warn_gate() {
+                        tracing::warn!(worker = worker.index, %peer, suppressed, "max_pending_upgrades reached; closing new connection");
+                    }
+                    drop(stream);
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 tokio_uring::spawn(handshake_task(Rc::clone(&worker), stream, peer));
             }
@@ -233,6 +244,11 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
             None
         }
     };
+    // The upgrade phase is over either way; the connection no longer counts as pending.
+    worker
+        .shared
+        .pending_upgrades
+        .fetch_sub(1, Ordering::Relaxed);
     let Some(pending) = admitted else {
         return;
     };
