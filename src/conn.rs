@@ -44,10 +44,11 @@ pub struct Outbox {
     segments: Vec<Bytes>,
     gather: BytesMut,
     queued_bytes: usize,
-    /// While set, pongs replace each other instead of queuing one per ping.
+    /// While set, a pong replaces a pong that is still the last frame queued.
     coalesce_pongs: bool,
-    /// The newest pong, held back while pongs are coalesced.
-    pending_pong: Option<Bytes>,
+    /// Offset in `gather` where the last queued frame, a pong, starts; `None` once anything
+    /// else is queued after it or the gather buffer is taken.
+    tail_pong_at: Option<usize>,
     /// Frames queued since the last [`Outbox::take_frame_count`].
     frames: u64,
 }
@@ -55,6 +56,7 @@ pub struct Outbox {
 impl Outbox {
     /// Queues one unfragmented server frame (never masked, RFC 6455 §5.1).
     pub fn push_frame(&mut self, opcode: OpCode, payload: &Bytes) {
+        self.tail_pong_at = None;
         self.frames += 1;
         encode::encode_header(&mut self.gather, true, opcode, payload.len());
         self.queued_bytes += header_len(payload.len()) + payload.len();
@@ -68,6 +70,7 @@ impl Outbox {
 
     /// Queues bytes that are already a complete frame (or several).
     pub fn push_encoded(&mut self, frame: &Bytes) {
+        self.tail_pong_at = None;
         self.frames += 1;
         self.queued_bytes += frame.len();
         if frame.len() <= INLINE_PAYLOAD_MAX {
@@ -80,6 +83,7 @@ impl Outbox {
 
     /// Queues a close frame with `code` and a reason truncated to fit a control frame.
     pub fn push_close(&mut self, code: CloseCode, reason: &str) {
+        self.tail_pong_at = None;
         self.frames += 1;
         let before = self.gather.len();
         encode::encode_close(&mut self.gather, code, reason);
@@ -101,18 +105,21 @@ impl Outbox {
     }
 
     /// Queues the answer to a ping. While the peer is not reading (see
-    /// [`Outbox::set_coalesce_pongs`]) only the newest pong is kept, which RFC 6455 §5.5.3
-    /// allows, so a ping flood cannot grow the queue.
+    /// [`Outbox::set_coalesce_pongs`]) a new pong replaces the previous one when that pong is
+    /// still the last frame queued, which RFC 6455 §5.5.3 allows, so a ping flood cannot grow
+    /// the queue. Frames never change order.
     pub fn push_pong(&mut self, payload: &Bytes) {
-        if !self.coalesce_pongs {
-            self.push_frame(OpCode::Pong, payload);
-            return;
+        if self.coalesce_pongs
+            && let Some(at) = self.tail_pong_at
+        {
+            self.queued_bytes -= self.gather.len() - at;
+            self.gather.truncate(at);
+            self.frames -= 1;
         }
-        let size = header_len(payload.len()) + payload.len();
-        if let Some(previous) = self.pending_pong.replace(payload.clone()) {
-            self.queued_bytes -= header_len(previous.len()) + previous.len();
-        }
-        self.queued_bytes += size;
+        let at = self.gather.len();
+        // Control payloads are at most 125 bytes, so the pong lands in `gather`.
+        self.push_frame(OpCode::Pong, payload);
+        self.tail_pong_at = Some(at);
     }
 
     /// Turns pong coalescing on while the socket is backed up and off once it drains.
@@ -144,17 +151,13 @@ impl Outbox {
     pub fn clear(&mut self) {
         self.segments.clear();
         self.gather.clear();
-        self.pending_pong = None;
+        self.tail_pong_at = None;
         self.queued_bytes = 0;
     }
 
     /// Moves the queued segments into `into`, in order, leaving the outbox empty.
     pub fn take_into(&mut self, into: &mut Vec<Bytes>) {
-        if let Some(pong) = self.pending_pong.take() {
-            self.frames += 1;
-            encode::encode_header(&mut self.gather, true, OpCode::Pong, pong.len());
-            self.gather.extend_from_slice(&pong);
-        }
+        self.tail_pong_at = None;
         self.flush_gather();
         into.append(&mut self.segments);
         self.queued_bytes = 0;
@@ -898,19 +901,21 @@ mod tests {
     fn outbox_coalesces_pongs_while_backed_up() {
         let mut out = Outbox::default();
         out.push_pong(&Bytes::from_static(b"a"));
+        out.push_frame(OpCode::Text, &Bytes::from_static(b"t"));
         out.set_coalesce_pongs(true);
         for i in 0..1000u32 {
             out.push_pong(&Bytes::from(i.to_string()));
         }
         assert_eq!(
             out.queued_bytes(),
-            3 + 2 + 3,
-            "one pong per ping until backed up, then one"
+            3 + 3 + 5,
+            "the tail pong is replaced, nothing else"
         );
+        assert_eq!(out.take_frame_count(), 3);
         let mut segments = Vec::new();
         out.take_into(&mut segments);
         let bytes: Vec<u8> = segments.iter().flat_map(|s| s.iter().copied()).collect();
-        assert_eq!(bytes, b"\x8a\x01a\x8a\x03999");
+        assert_eq!(bytes, b"\x8a\x01a\x81\x01t\x8a\x03999");
     }
 
     #[test]
