@@ -55,7 +55,7 @@ impl TokenBucket {
         self.try_take_n(1, now)
     }
 
-    /// Takes `n` tokens if the bucket holds them at `now`, and otherwise takes none.
+    /// Takes `n` tokens if the bucket contains them at `now`, and otherwise takes none.
     ///
     /// A `now` earlier than a previous call counts as no time passed: it never panics and never
     /// adds tokens. `n` 0 is always allowed. When `n` exceeds the burst size the request can
@@ -94,7 +94,7 @@ impl TokenBucket {
         };
         self.refilled_at = now;
 
-        // Units gained equal elapsed nanoseconds times the rate; u128 holds any Duration times
+        // Units gained equal elapsed nanoseconds times the rate; u128 can represent any Duration times
         // u32::MAX.
         let gained = elapsed
             .as_nanos()

@@ -8,7 +8,7 @@
 //!
 //! Where RFC 8259 leaves a choice, [`check`] takes the strict one, so that no parser downstream
 //! can read a message differently from the check that let it through:
-//! - a byte-order mark before the object is rejected (§8.1 says senders must not add one);
+//! - a byte-order mark before the object is rejected (§8.1 forbids senders to add one);
 //! - duplicate top-level keys are rejected, compared after decoding escapes (§4 leaves their
 //!   meaning to the implementation, so two parsers could keep different values);
 //! - a `\u` escape of a UTF-16 surrogate that is not part of a high/low pair is rejected (§8.2
@@ -92,7 +92,7 @@ impl RequiredField {
     }
 }
 
-/// What [`check`] enforces on each text message.
+/// Rules that [`check`] enforces on each text message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageRules {
     /// Whether messages must be JSON objects. When false, [`check`] accepts any text and returns
@@ -120,7 +120,7 @@ impl Default for MessageRules {
     }
 }
 
-/// What the backends need from a valid message, borrowed from the message text.
+/// Values the backends need from a valid message, borrowed from the message text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Checked<'a> {
     /// Raw JSON text of the client's `id` value: a JSON string with its quotes, or a number.
@@ -178,7 +178,7 @@ impl fmt::Display for Field {
     }
 }
 
-/// Why a message failed [`check`]. Offsets are bytes from the start of the message text.
+/// Reason a message failed [`check`]. Offsets are bytes from the start of the message text.
 ///
 /// `Display` names required fields by index because it has no access to the rules; use
 /// [`Invalid::detail`] or [`write_invalid`] for text that names them.
@@ -272,29 +272,72 @@ impl fmt::Display for Detail<'_> {
 
 /// Checks one complete text message against `rules`.
 ///
-/// `text` must already be valid UTF-8; only the `id` and `to` values are checked for UTF-8 again,
-/// because they are returned as `str`. With `rules.json` false this returns `Ok` with no `id` or
-/// `to` and checks nothing.
+/// `text` must already be valid UTF-8. Only the `id` and `to` values are checked for UTF-8
+/// again, because they are returned as `str`; [`check_str`] skips that. With `rules.json` false
+/// this returns `Ok` with no `id` or `to` and checks nothing.
 ///
-/// With `rules.json` true, the first failure in this order is returned: a syntax error, nesting
-/// or duplicate key (in text order), then the first required field (in `rules.required` order)
-/// that is missing or has the wrong kind, then an `id` that is not a string or number, then a
-/// `to` that is not a string.
+/// With `rules.json` true, only the first failure is returned. Syntax errors, nesting and
+/// duplicate keys come first, in text order. Next is the first required field (in
+/// `rules.required` order) that is missing or has the wrong kind. Last come an `id` that is not
+/// a string or number and a `to` that is not a string.
 pub fn check<'a>(text: &'a [u8], rules: &MessageRules) -> Result<Checked<'a>, Invalid> {
+    check_text(Text::Bytes(text), rules)
+}
+
+/// Same as [`check`] for text already held as `str` (for example from the frame layer's UTF-8
+/// validation), which saves re-validating the `id` and `to` values.
+pub fn check_str<'a>(text: &'a str, rules: &MessageRules) -> Result<Checked<'a>, Invalid> {
+    check_text(Text::Str(text), rules)
+}
+
+fn check_text<'a>(text: Text<'a>, rules: &MessageRules) -> Result<Checked<'a>, Invalid> {
     if !rules.json {
         return Ok(Checked::default());
     }
 
+    let bytes = text.bytes();
     let mut members = Members::new(rules);
-    scan_object(text, rules.max_json_depth, |member| members.add(member))?;
+    scan_object(bytes, rules.max_json_depth, |member| members.add(member))?;
 
     if members.required_found < rules.required.len() || members.any_wrong {
-        // The counters only say that some required field failed; this finds which one.
-        if let Some(invalid) = first_field_error(text, rules) {
+        // The counters only show that some required field failed, so this pass finds which one.
+        if let Some(invalid) = first_field_error(bytes, rules) {
             return Err(invalid);
         }
     }
     members.to_checked(text)
+}
+
+/// Message text as [`check`] or [`check_str`] received it.
+#[derive(Clone, Copy)]
+enum Text<'a> {
+    Bytes(&'a [u8]),
+    Str(&'a str),
+}
+
+impl<'a> Text<'a> {
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Self::Bytes(bytes) => bytes,
+            Self::Str(text) => text.as_bytes(),
+        }
+    }
+
+    /// Returns the raw value text of `member` as `str`.
+    fn value_str(self, member: &Member<'a>) -> Result<&'a str, Invalid> {
+        let start = member.value_end - member.value.len();
+        let converted = match self {
+            Self::Bytes(_) => {
+                std::str::from_utf8(member.value).map_err(|error| error.valid_up_to())
+            }
+            // Member values start and end at ASCII bytes, which are character boundaries.
+            Self::Str(text) => text.get(start..member.value_end).ok_or(0),
+        };
+        converted.map_err(|valid_up_to| Invalid::InvalidJson {
+            offset: start + valid_up_to,
+            what: "invalid UTF-8",
+        })
+    }
 }
 
 /// Returns the client's `id` (raw JSON string or number text) so an error frame can echo it.
@@ -383,7 +426,7 @@ struct FromFinder {
 }
 
 impl FromFinder {
-    /// Records `member`; `is_from` says whether its decoded key is `from`.
+    /// Records `member`. `is_from` is true when its decoded key is `from`.
     fn add(&mut self, member: &Member<'_>, is_from: bool) {
         if self.found.is_some() && self.next_key_start.is_none() {
             self.next_key_start = Some(member.key_start);
@@ -471,10 +514,10 @@ impl<'a, 'r> Members<'a, 'r> {
         Ok(())
     }
 
-    fn to_checked(&self, text: &'a [u8]) -> Result<Checked<'a>, Invalid> {
+    fn to_checked(&self, text: Text<'a>) -> Result<Checked<'a>, Invalid> {
         let id = match self.id {
             Some(id) if matches!(id.kind, FieldKind::String | FieldKind::Number) => {
-                Some(utf8(&id)?)
+                Some(text.value_str(&id)?)
             }
             Some(id) => {
                 return Err(Invalid::WrongType {
@@ -487,7 +530,7 @@ impl<'a, 'r> Members<'a, 'r> {
         };
 
         let to = match self.to {
-            Some(to) if to.kind == FieldKind::String => Some(decode_string_value(&to)?),
+            Some(to) if to.kind == FieldKind::String => Some(decode_string_value(text, &to)?),
             Some(to) => {
                 return Err(Invalid::WrongType {
                     field: Field::To,
@@ -498,10 +541,11 @@ impl<'a, 'r> Members<'a, 'r> {
             None => None,
         };
 
+        let text = Some(text.bytes());
         Ok(Checked {
             id,
             to,
-            text: Some(text),
+            text,
             from_member: self.from.finish(),
         })
     }
@@ -543,17 +587,9 @@ fn first_field_error(text: &[u8], rules: &MessageRules) -> Option<Invalid> {
     None
 }
 
-/// Returns the raw value text of `member` as `str`.
-fn utf8<'a>(member: &Member<'a>) -> Result<&'a str, Invalid> {
-    std::str::from_utf8(member.value).map_err(|error| Invalid::InvalidJson {
-        offset: member.value_end - member.value.len() + error.valid_up_to(),
-        what: "invalid UTF-8",
-    })
-}
-
 /// Decodes a string member value, borrowing when it has no escapes.
-fn decode_string_value<'a>(member: &Member<'a>) -> Result<Cow<'a, str>, Invalid> {
-    let raw = utf8(member)?;
+fn decode_string_value<'a>(text: Text<'a>, member: &Member<'a>) -> Result<Cow<'a, str>, Invalid> {
+    let raw = text.value_str(member)?;
     let inner = raw
         .strip_prefix('"')
         .and_then(|raw| raw.strip_suffix('"'))
@@ -573,9 +609,9 @@ fn decode_string_value<'a>(member: &Member<'a>) -> Result<Cow<'a, str>, Invalid>
         })
 }
 
-/// Set of decoded top-level keys. Keeps up to [`INLINE_KEYS`] borrowed keys in arrays and
-/// compares them by fingerprint first; moves to a hash set when a key had escapes or there are
-/// more keys, so a message with many keys stays linear.
+/// Set of decoded top-level keys. Up to [`INLINE_KEYS`] borrowed keys live in arrays and are
+/// compared by fingerprint first. A key with escapes, or one key more, moves the set to a hash
+/// set, so a message with many keys stays linear.
 struct KeySet<'a> {
     fingerprints: [u64; INLINE_KEYS],
     inline: [&'a [u8]; INLINE_KEYS],
@@ -647,14 +683,3 @@ fn fingerprint(key: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests;
-
-#[doc(hidden)]
-pub fn experiment_scan_only(text: &[u8]) -> bool {
-    let mut n = 0usize;
-    scan_object(text, 32, |m| {
-        n += m.key.len();
-        Ok(())
-    })
-    .is_ok()
-        && n > 0
-}

@@ -6,6 +6,10 @@
 //! nesting limit and rejects a byte-order mark and lone UTF-16 surrogates in `\u` escapes.
 //! It does not re-check UTF-8 (the caller passes text already validated as UTF-8), does not
 //! convert numbers, and does not look for duplicate keys (the caller does that on the members).
+//!
+//! sonic-rs 0.5.12 is not used here: the lazy skipping behind its `to_object_iter`, `LazyValue`
+//! and `IgnoredAny` skips the four bytes after `\u` unchecked, so it accepts `{"a":"\u" , "}`
+//! (one member whose value spans `"\u" , "`), and it has no nesting limit.
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
@@ -76,7 +80,7 @@ where
     }
 }
 
-/// Why scanning stopped early.
+/// Cause of an early stop in scanning.
 enum Stop {
     /// The member callback returned an error.
     Member(Invalid),
@@ -228,17 +232,17 @@ struct Scanner<'a> {
     max_depth: usize,
 }
 
-/// What the container loop expects next.
+/// Token the container loop expects next.
 #[derive(Clone, Copy)]
 enum Expect {
-    /// A value, after `[`, `,` in an array, or `:`.
-    Value,
-    /// A value or `]`, right after `[`.
-    ValueOrArrayEnd,
     /// A key or `}`, right after `{`.
     KeyOrObjectEnd,
     /// `,` or the closing bracket of the innermost container.
     SeparatorOrEnd,
+    /// A value, after `[`, `,` in an array, or `:`.
+    Value,
+    /// A value or `]`, right after `[`.
+    ValueOrArrayEnd,
 }
 
 impl<'a> Scanner<'a> {
@@ -499,8 +503,13 @@ impl<'a> Scanner<'a> {
                     return Ok(escaped);
                 }
                 b'\\' => {
-                    at = self.escape(at)?;
                     escaped = true;
+                    // Chat text escapes quotes and newlines often, so the two-byte escapes stay
+                    // on this path and only `\u` goes through `escape`.
+                    at = match self.text.get(at + 1) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => at + 2,
+                        _ => self.escape(at)?,
+                    };
                 }
                 // §7: control characters U+0000 to U+001F must be escaped.
                 _ => return self.fail(at, Reason::ControlCharacter),
@@ -509,7 +518,6 @@ impl<'a> Scanner<'a> {
     }
 
     /// Scans one escape starting at its backslash at `start`; returns the offset after it.
-    #[cold]
     fn escape(&mut self, start: usize) -> Result<usize, Reason> {
         match self.text.get(start + 1) {
             Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => return Ok(start + 2),
@@ -518,9 +526,9 @@ impl<'a> Scanner<'a> {
             None => return self.fail(self.text.len(), Reason::UnexpectedEnd),
         }
 
-        // §7 allows any \uXXXX, but a UTF-16 surrogate that is not part of a high/low pair
-        // encodes no Unicode scalar value; strict decoders (serde_json into `String`) reject it,
-        // so accepting it here would let downstream parsers disagree with this check.
+        // §7 allows any \uXXXX, but a UTF-16 surrogate outside a high/low pair encodes no
+        // Unicode scalar value. Strict decoders (serde_json into `String`) reject it, so
+        // accepting it here would let downstream parsers disagree with this check.
         let first = self.hex4_at(start + 2)?;
         match first {
             0xD800..=0xDBFF => {}
@@ -619,18 +627,6 @@ impl<'a> Scanner<'a> {
 #[inline]
 fn find_string_special(bytes: &[u8]) -> Option<(usize, u8)> {
     let mut at = 0;
-
-    // Skip whole blocks without a special byte; the compiler vectorizes `block_has_special`.
-    while let Some(block) = bytes
-        .get(at..at + BLOCK)
-        .and_then(|block| block.try_into().ok())
-    {
-        if block_has_special(block) {
-            break;
-        }
-        at += BLOCK;
-    }
-
     while let Some(chunk) = bytes.get(at..at + 8) {
         let mut word = [0; 8];
         word.copy_from_slice(chunk);
@@ -648,18 +644,6 @@ fn find_string_special(bytes: &[u8]) -> Option<(usize, u8)> {
         .iter()
         .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
     Some((at + index, tail.get(index).copied().unwrap_or(b'"')))
-}
-
-/// Bytes checked at once by [`block_has_special`].
-const BLOCK: usize = 32;
-
-/// Whether `block` contains `"`, `\` or a byte below 0x20. Written without early exit so that
-/// it compiles to vector compares.
-#[inline]
-fn block_has_special(block: &[u8; BLOCK]) -> bool {
-    block.iter().fold(false, |found, &byte| {
-        found | (byte == b'"') | (byte == b'\\') | (byte < 0x20)
-    })
 }
 
 /// Sets bit 7 of each byte of `word` that may be `"`, `\` or below 0x20 (exact for the lowest).
@@ -726,7 +710,7 @@ mod tests {
     }
 
     #[test]
-    fn find_string_special_matches_plain_scan_at_every_position() {
+    fn find_string_special_matches_plain_scan() {
         let specials = [b'"', b'\\', 0x00, 0x1F, b'\n'];
         let fillers = [b'a', 0x20, 0x21, 0x5B, 0x5D, 0x7F, 0x80, 0xC3, 0xFF];
         for len in 0..40 {
