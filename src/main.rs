@@ -28,6 +28,8 @@ enum Command {
     Token(TokenArgs),
     /// Print the worker (shard) that owns each user id.
     Ring(RingArgs),
+    /// Generate WebSocket load against a server and report throughput and latency.
+    Load(Box<framegate::load::LoadArgs>),
     /// Validate a config file without starting, and print the effective values.
     CheckConfig {
         /// TOML config file to check.
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Token(args) => exit_on_error(token(args)),
         Command::Ring(args) => exit_on_error(ring(args)),
+        Command::Load(args) => framegate::load::main(*args),
         Command::CheckConfig { file } => exit_on_error(check_config(&file)),
     }
 }

@@ -1,0 +1,1296 @@
+//! The I/O side of the load generator: one pinned thread per worker, each with its own
+//! tokio-uring runtime, running the virtual users assigned to it.
+//!
+//! A virtual user connects (binding a source address first when `--source-addrs` is given),
+//! upgrades, and then runs its role until the deadline. A sender writes messages by schedule
+//! (open loop) or by window (closed loop). A relay receiver and an idle user only read. Every
+//! connection has a reader task that decodes server frames and matches replies to the
+//! messages that caused them; the user's own task is the only writer. At the end each
+//! connection drains its outstanding messages, sends a close frame and waits for the server's
+//! close and TCP end, each bounded by a timeout.
+//!
+//! Per-worker state lives in `Rc`/`RefCell` on the worker thread; only the progress counters
+//! are shared with the main thread.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ahash::AHashMap;
+use bytes::BytesMut;
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
+use tokio::sync::Notify;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+use super::plan::{Injection, Injector, Pacer};
+use super::stats::Stats;
+use super::wire::{self, Body, MessageId};
+use super::{LoadModel, Progress, RunConfig, Scenario};
+use crate::frame::OpCode;
+
+/// Most messages written in one batch.
+const MAX_BATCH: usize = 256;
+
+/// Read size of connections that only receive now and then.
+const IDLE_READ_BYTES: usize = 2048;
+
+/// First wait before reconnecting after a failed connect or upgrade; doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Interval at which a worker copies its counters to the progress line.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Status code of the close frames the generator sends (RFC 6455 §7.4.1: normal closure).
+const NORMAL_CLOSURE: u16 = 1000;
+
+/// Close code framegate sends for a message over its size cap (RFC 6455 §7.4.1).
+const MESSAGE_TOO_BIG: u16 = 1009;
+
+/// Role of one virtual user after the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Sends messages and matches their replies (echo) or deliveries (relay).
+    Sender,
+    /// Relay only: receives the messages of user `sender` and stays until that user is done.
+    Receiver { sender: u32 },
+    /// Holds its connection open without sending (inactive share, or connect scenario).
+    Idle,
+}
+
+/// The response a sent message is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// The echo (echo scenario) or the delivery to the peer (relay scenario).
+    Reply,
+    /// An error frame with this code.
+    Error(&'static str),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    intended: Instant,
+    expect: Expect,
+}
+
+/// Messages of one user that await a response.
+#[derive(Debug, Default)]
+struct Book {
+    pending: AHashMap<u64, Pending>,
+    /// Sequence numbers of messages whose error frame carries no id, oldest first. The server
+    /// handles one connection's messages in order, so such a frame belongs to the oldest.
+    without_id: VecDeque<u64>,
+}
+
+/// One virtual user; it outlives its connections, so responses that arrive after a reconnect
+/// still match.
+struct User {
+    index: u32,
+    id: String,
+    /// JSON string literal of the `to` field: the relay peer, or the user itself.
+    to_json: String,
+    role: Role,
+    token: RefCell<Option<Option<String>>>,
+    book: RefCell<Book>,
+    next_seq: Cell<u64>,
+    /// Woken when a response to one of this user's messages arrives.
+    answered: Notify,
+    /// Woken when `connected` or `finished` changes.
+    state: Notify,
+    connected: Cell<bool>,
+    finished: Cell<bool>,
+    /// The server close code that an injected fault asked for.
+    expect_close: Cell<Option<u16>>,
+    injector: RefCell<Option<Injector>>,
+    /// Rank among senders, which offsets its open-loop schedule.
+    rank: u32,
+}
+
+/// One TCP connection after the upgrade.
+struct Conn {
+    stream: TcpStream,
+    /// Control frames queued by the reader (pongs, the close reply) for the writer.
+    control: RefCell<Vec<u8>>,
+    /// Wakes the writer: control frames queued, or the connection ended.
+    wake: Notify,
+    /// Set when the server's close frame arrived, with its code if it had one.
+    server_close: Cell<Option<Option<u16>>>,
+    close_sent: Cell<bool>,
+    /// The server closed TCP.
+    eof: Cell<bool>,
+    /// A read failed or the server broke the protocol; nothing more is written.
+    failed: Cell<bool>,
+    /// The reader task has returned.
+    reader_done: Cell<bool>,
+}
+
+impl Conn {
+    fn ended(&self) -> bool {
+        self.server_close.get().is_some() || self.eof.get() || self.failed.get()
+    }
+}
+
+/// End state of a connection's session.
+enum Outcome {
+    /// The connection ended before the deadline; open a new one.
+    Reconnect,
+    /// The user is done.
+    Done,
+}
+
+struct Worker {
+    config: Arc<RunConfig>,
+    users: AHashMap<u32, Rc<User>>,
+    stats: RefCell<Stats>,
+    rng: RefCell<SmallRng>,
+    open: Cell<u64>,
+    next_source: Cell<usize>,
+}
+
+/// Runs worker `index` with the virtual users `users` until they are done, and returns what
+/// it counted.
+pub(super) fn run_worker(
+    index: usize,
+    core: Option<core_affinity::CoreId>,
+    config: Arc<RunConfig>,
+    users: Vec<u32>,
+    progress: &Arc<Progress>,
+) -> Result<Stats, String> {
+    if let Some(core) = core
+        && !core_affinity::set_for_current(core)
+    {
+        tracing::warn!(
+            worker = index,
+            core = core.id,
+            "cannot pin load worker to its core"
+        );
+    }
+    let runtime = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))
+        .map_err(|err| crate::runtime::explain_setup_error(&err))?;
+    runtime.block_on(async move {
+        let worker = Rc::new(Worker::new(index, config, &users));
+        let publisher = tokio_uring::spawn(publish(Rc::clone(&worker), Arc::clone(progress)));
+        let mut tasks = Vec::with_capacity(users.len());
+        for index in users {
+            let Some(user) = worker.users.get(&index).cloned() else {
+                continue;
+            };
+            let task = match worker.config.scenario {
+                Scenario::Connect => tokio_uring::spawn(connect_loop(Rc::clone(&worker), user)),
+                Scenario::Echo | Scenario::Relay => {
+                    tokio_uring::spawn(run_user(Rc::clone(&worker), user))
+                }
+            };
+            tasks.push(task);
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        publisher.abort();
+        worker.publish_to(progress);
+        let stats = worker.stats.borrow().clone();
+        Ok(stats)
+    })
+}
+
+impl Worker {
+    fn new(index: usize, config: Arc<RunConfig>, indexes: &[u32]) -> Self {
+        let mut users = AHashMap::with_capacity(indexes.len());
+        for &user_index in indexes {
+            let user = build_user(&config, user_index);
+            users.insert(user_index, Rc::new(user));
+        }
+        let seed = config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        Self {
+            config,
+            users,
+            stats: RefCell::new(Stats::new()),
+            rng: RefCell::new(SmallRng::seed_from_u64(seed)),
+            open: Cell::new(0),
+            next_source: Cell::new(index),
+        }
+    }
+
+    fn mask_key(&self) -> [u8; 4] {
+        self.rng.borrow_mut().random()
+    }
+
+    fn publish_to(&self, progress: &Progress) {
+        let stats = self.stats.borrow();
+        progress.open.store(self.open.get(), Ordering::Relaxed);
+        progress
+            .handshakes
+            .store(stats.handshakes, Ordering::Relaxed);
+        progress.sent.store(stats.messages_sent, Ordering::Relaxed);
+        progress
+            .received
+            .store(stats.messages_received, Ordering::Relaxed);
+        progress
+            .errors
+            .store(stats.errors.total(), Ordering::Relaxed);
+    }
+
+    /// Next source address, round robin over `--source-addrs`.
+    fn source_addr(&self) -> Option<IpAddr> {
+        let addrs = &self.config.source_addrs;
+        if addrs.is_empty() {
+            return None;
+        }
+        let slot = self.next_source.get();
+        self.next_source.set(slot.wrapping_add(self.config.workers));
+        addrs.get(slot % addrs.len()).copied()
+    }
+}
+
+fn build_user(config: &RunConfig, index: u32) -> User {
+    let pair = index / 2;
+    let (role, peer, rank) = match config.scenario {
+        Scenario::Connect => (Role::Idle, index, 0),
+        Scenario::Echo if super::plan::is_active(index, config.active_ratio) => (
+            Role::Sender,
+            index,
+            super::plan::active_rank(index, config.active_ratio),
+        ),
+        Scenario::Echo => (Role::Idle, index, 0),
+        Scenario::Relay if !super::plan::is_active(pair, config.active_ratio) => {
+            (Role::Idle, index, 0)
+        }
+        Scenario::Relay if index.is_multiple_of(2) && index + 1 < config.connections => (
+            Role::Sender,
+            index + 1,
+            super::plan::active_rank(pair, config.active_ratio),
+        ),
+        Scenario::Relay if !index.is_multiple_of(2) => {
+            (Role::Receiver { sender: index - 1 }, index - 1, 0)
+        }
+        Scenario::Relay => (Role::Idle, index, 0),
+    };
+    let id = config.tokens.user_id(index, &config.user_prefix);
+    let peer_id = config.tokens.user_id(peer, &config.user_prefix);
+    let to_json = serde_json::to_string(&peer_id).unwrap_or_else(|_| "\"\"".to_owned());
+    let injector = config.injection.as_ref().map(|injection| {
+        Injector::new(
+            injection.ratio,
+            injection.kinds.clone(),
+            config.seed.wrapping_add(u64::from(index)),
+            injection.max_violations,
+        )
+    });
+    User {
+        index,
+        id,
+        to_json,
+        role,
+        token: RefCell::new(None),
+        book: RefCell::new(Book::default()),
+        next_seq: Cell::new(0),
+        answered: Notify::new(),
+        state: Notify::new(),
+        connected: Cell::new(false),
+        finished: Cell::new(false),
+        expect_close: Cell::new(None),
+        injector: RefCell::new(injector),
+        rank,
+    }
+}
+
+async fn publish(worker: Rc<Worker>, progress: Arc<Progress>) {
+    loop {
+        worker.publish_to(&progress);
+        tokio::time::sleep(PUBLISH_INTERVAL).await;
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// Start time of user `index` during the ramp.
+fn ramp_start(config: &RunConfig, index: u32) -> Instant {
+    if config.ramp_per_sec <= 0.0 {
+        return config.epoch;
+    }
+    config.epoch + Duration::from_secs_f64(f64::from(index) / config.ramp_per_sec)
+}
+
+/// Sleeps until `until`, bounded by nothing else.
+async fn sleep_until(until: Instant) {
+    tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connecting
+
+/// Opens a non-blocking TCP socket to `addr`, bound to `source` first when given. The connect
+/// completes in the background; the first write waits for it.
+fn open_socket(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<std::net::TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    if let Some(ip) = source {
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(err) if err.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(err) => return Err(err),
+    }
+    Ok(socket.into())
+}
+
+/// An upgrade attempt failed; the failure is already counted in the worker's stats.
+struct ConnectFailure;
+
+/// Connects and upgrades for `user`. `intended` is when the attempt was due, the start of the
+/// connect latency. Returns the connection and any frame bytes that followed the response.
+async fn connect(
+    worker: &Worker,
+    user: &User,
+    intended: Instant,
+) -> Result<(Rc<Conn>, BytesMut), ConnectFailure> {
+    let config = &worker.config;
+    let socket = match open_socket(config.addr, worker.source_addr()) {
+        Ok(socket) => socket,
+        Err(err) => {
+            tracing::debug!(user = user.index, error = %err, "connect failed");
+            worker.stats.borrow_mut().errors.connect += 1;
+            return Err(ConnectFailure);
+        }
+    };
+    let stream = TcpStream::from_std(socket);
+
+    let token = user_token(worker, user)?;
+    let nonce: [u8; 16] = worker.rng.borrow_mut().random();
+    let key = wire::websocket_key(nonce);
+    let mut request = Vec::with_capacity(512);
+    wire::write_upgrade_request(
+        &mut request,
+        &config.url,
+        &key,
+        token.as_deref(),
+        &config.placement,
+    );
+
+    let written = Cell::new(false);
+    let exchange = upgrade(&stream, request, &key, &written);
+    let result = match tokio::time::timeout(config.connect_timeout, exchange).await {
+        Ok(result) => result,
+        Err(_) => Err(if written.get() {
+            UpgradeError::Timeout
+        } else {
+            UpgradeError::Connect(std::io::ErrorKind::TimedOut.into())
+        }),
+    };
+    let leftover = match result {
+        Ok(leftover) => leftover,
+        Err(err) => {
+            let mut stats = worker.stats.borrow_mut();
+            match err {
+                UpgradeError::Connect(err) => {
+                    tracing::debug!(user = user.index, error = %err, "connect failed");
+                    stats.errors.connect += 1;
+                }
+                UpgradeError::Status(status) => stats.count_http_status(status),
+                UpgradeError::Timeout
+                | UpgradeError::Accept
+                | UpgradeError::Head(_)
+                | UpgradeError::Io(_) => {
+                    tracing::debug!(user = user.index, error = %err, "upgrade failed");
+                    stats.errors.handshake += 1;
+                }
+            }
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return Err(ConnectFailure);
+        }
+    };
+
+    let now = Instant::now();
+    let mut stats = worker.stats.borrow_mut();
+    stats.record_connect(now.saturating_duration_since(intended));
+    if config.in_steady_window(now) {
+        stats.steady_handshakes += 1;
+    }
+    drop(stats);
+    let conn = Conn {
+        stream,
+        control: RefCell::new(Vec::new()),
+        wake: Notify::new(),
+        server_close: Cell::new(None),
+        close_sent: Cell::new(false),
+        eof: Cell::new(false),
+        failed: Cell::new(false),
+        reader_done: Cell::new(false),
+    };
+    Ok((Rc::new(conn), leftover))
+}
+
+/// Returns the user's token, minted on first use and kept for reconnects.
+fn user_token(worker: &Worker, user: &User) -> Result<Option<String>, ConnectFailure> {
+    if let Some(token) = user.token.borrow().as_ref() {
+        return Ok(token.clone());
+    }
+    match worker.config.tokens.token(user.index, &user.id, unix_now()) {
+        Ok(token) => {
+            *user.token.borrow_mut() = Some(token.clone());
+            Ok(token)
+        }
+        Err(err) => {
+            tracing::warn!(user = user.index, error = %err, "cannot mint token");
+            worker.stats.borrow_mut().errors.handshake += 1;
+            Err(ConnectFailure)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum UpgradeError {
+    #[error("Sec-WebSocket-Accept is missing or does not match the key")]
+    Accept,
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("invalid response head: {0}")]
+    Head(wire::HeadError),
+    #[error("read failed during the upgrade: {0}")]
+    Io(std::io::Error),
+    #[error("upgrade rejected with status {0}")]
+    Status(u16),
+    #[error("no complete upgrade response within the connect timeout")]
+    Timeout,
+}
+
+/// Sends the upgrade request and reads the response head (RFC 6455 §4.1).
+async fn upgrade(
+    stream: &TcpStream,
+    request: Vec<u8>,
+    key: &str,
+    written: &Cell<bool>,
+) -> Result<BytesMut, UpgradeError> {
+    let (result, _) = stream.write_all(request).await;
+    result.map_err(UpgradeError::Connect)?;
+    written.set(true);
+
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        match wire::parse_response_head(&buf) {
+            Ok(Some(head)) => {
+                if head.status != 101 {
+                    return Err(UpgradeError::Status(head.status));
+                }
+                if !wire::accept_matches(key, head.accept.as_deref()) {
+                    return Err(UpgradeError::Accept);
+                }
+                return Ok(buf.split_off(head.head_len));
+            }
+            Ok(None) => {}
+            Err(err) => return Err(UpgradeError::Head(err)),
+        }
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(1024);
+        }
+        let len = buf.len();
+        let capacity = buf.capacity();
+        let (result, slice) = stream.read(buf.slice(len..capacity)).await;
+        buf = slice.into_inner();
+        match result {
+            Ok(0) => {
+                return Err(UpgradeError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            Ok(_) => {}
+            Err(err) => return Err(UpgradeError::Io(err)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Echo and relay users
+
+async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
+    let config = Arc::clone(&worker.config);
+    sleep_until(ramp_start(&config, user.index)).await;
+
+    let mut pacer: Option<Pacer> = None;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let now = Instant::now();
+        if now >= config.deadline {
+            break;
+        }
+        let Ok((conn, leftover)) = connect(&worker, &user, now).await else {
+            sleep_until((Instant::now() + backoff).min(config.deadline)).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        };
+        backoff = FIRST_BACKOFF;
+        if let Some(injector) = user.injector.borrow_mut().as_mut() {
+            injector.reset();
+        }
+
+        worker.open.set(worker.open.get() + 1);
+        user.connected.set(true);
+        user.state.notify_waiters();
+        let outcome = session(&worker, &user, &conn, leftover, &mut pacer).await;
+        user.connected.set(false);
+        user.state.notify_waiters();
+        worker.open.set(worker.open.get().saturating_sub(1));
+
+        if let Outcome::Done = outcome {
+            break;
+        }
+    }
+
+    user.finished.set(true);
+    user.state.notify_waiters();
+    let lost = {
+        let mut book = user.book.borrow_mut();
+        let lost = book.pending.len();
+        book.pending.clear();
+        book.without_id.clear();
+        lost
+    };
+    worker.stats.borrow_mut().errors.lost += u64::try_from(lost).unwrap_or(u64::MAX);
+}
+
+/// Runs one connection of `user` until it ends or the user is done, then closes it.
+async fn session(
+    worker: &Rc<Worker>,
+    user: &Rc<User>,
+    conn: &Rc<Conn>,
+    leftover: BytesMut,
+    pacer: &mut Option<Pacer>,
+) -> Outcome {
+    let read_bytes = match user.role {
+        Role::Sender | Role::Receiver { .. } => worker.config.read_bytes,
+        Role::Idle => IDLE_READ_BYTES,
+    };
+    let reader = tokio_uring::spawn(read_loop(
+        Rc::clone(worker),
+        Rc::clone(user),
+        Rc::clone(conn),
+        leftover,
+        read_bytes,
+    ));
+
+    let outcome = match user.role {
+        Role::Sender => send_loop(worker, user, conn, pacer).await,
+        Role::Receiver { sender } => receive_loop(worker, conn, sender).await,
+        Role::Idle => hold(worker, conn).await,
+    };
+
+    close(worker, conn).await;
+    let _ = reader.await;
+    outcome
+}
+
+/// Reason a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waited {
+    Met,
+    TimedOut,
+    Ended,
+}
+
+/// Wake-ups a wait listens to besides the connection's own.
+#[derive(Clone, Copy, Default)]
+struct Wakers<'a> {
+    /// A user's `answered`: only that user's writer may listen to it, because each
+    /// notification wakes one waiter.
+    answered: Option<&'a Notify>,
+    /// A user's `state`, which wakes every waiter.
+    state: Option<&'a Notify>,
+}
+
+async fn notified(notify: Option<&Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until `condition` holds, the connection ends, or `until`. Flushes control frames
+/// queued by the reader while it waits.
+async fn wait_for(
+    worker: &Worker,
+    conn: &Conn,
+    until: Instant,
+    wakers: Wakers<'_>,
+    condition: impl Fn() -> bool,
+) -> Waited {
+    loop {
+        flush_control(worker, conn).await;
+        if conn.ended() {
+            return Waited::Ended;
+        }
+        if condition() {
+            return Waited::Met;
+        }
+        if Instant::now() >= until {
+            return Waited::TimedOut;
+        }
+        tokio::select! {
+            _ = notified(wakers.answered) => {}
+            _ = notified(wakers.state) => {}
+            _ = conn.wake.notified() => {}
+            _ = sleep_until(until) => {}
+        }
+    }
+}
+
+/// Writes control frames queued by the reader.
+async fn flush_control(worker: &Worker, conn: &Conn) {
+    let queued = std::mem::take(&mut *conn.control.borrow_mut());
+    if queued.is_empty() || conn.failed.get() || conn.eof.get() {
+        return;
+    }
+    write(worker, conn, queued).await;
+}
+
+/// Writes `buf` whole; a failure marks the connection failed. Returns the buffer for reuse.
+async fn write(worker: &Worker, conn: &Conn, buf: Vec<u8>) -> Vec<u8> {
+    let (result, mut buf) = conn.stream.write_all(buf).await;
+    if let Err(err) = result {
+        if !conn.ended() {
+            tracing::debug!(error = %err, "write failed");
+            worker.stats.borrow_mut().errors.io += 1;
+        }
+        conn.failed.set(true);
+    }
+    buf.clear();
+    buf
+}
+
+/// Outcome after the connection ended on its own: reconnect unless the run is over.
+fn after_end(worker: &Worker) -> Outcome {
+    if Instant::now() < worker.config.deadline {
+        Outcome::Reconnect
+    } else {
+        Outcome::Done
+    }
+}
+
+/// Idle users: keep the connection open until the deadline.
+async fn hold(worker: &Worker, conn: &Conn) -> Outcome {
+    let deadline = worker.config.deadline;
+    match wait_for(worker, conn, deadline, Wakers::default(), || false).await {
+        Waited::Ended => after_end(worker),
+        Waited::Met | Waited::TimedOut => Outcome::Done,
+    }
+}
+
+/// Relay receivers: stay until the sender has drained, so no delivery finds the user offline.
+async fn receive_loop(worker: &Worker, conn: &Conn, sender: u32) -> Outcome {
+    let config = &worker.config;
+    let Some(sender) = worker.users.get(&sender) else {
+        return hold(worker, conn).await;
+    };
+    let until = config.deadline + config.drain_timeout + config.close_timeout;
+    let wakers = Wakers {
+        answered: None,
+        state: Some(&sender.state),
+    };
+    match wait_for(worker, conn, until, wakers, || sender.finished.get()).await {
+        Waited::Ended => after_end(worker),
+        Waited::Met | Waited::TimedOut => Outcome::Done,
+    }
+}
+
+/// Sends messages until the deadline, then waits for the outstanding ones.
+async fn send_loop(
+    worker: &Worker,
+    user: &User,
+    conn: &Conn,
+    pacer: &mut Option<Pacer>,
+) -> Outcome {
+    let config = &worker.config;
+
+    // Relay: a message to a user that is not connected yet would be rejected with
+    // recipient_offline, so wait for the peer first.
+    if config.scenario == Scenario::Relay
+        && let Some(peer) = worker.users.get(&(user.index + 1))
+    {
+        let wakers = Wakers {
+            answered: None,
+            state: Some(&peer.state),
+        };
+        match wait_for(worker, conn, config.deadline, wakers, || {
+            peer.connected.get()
+        })
+        .await
+        {
+            Waited::Met => {}
+            Waited::Ended => return after_end(worker),
+            Waited::TimedOut => return Outcome::Done,
+        }
+    }
+
+    if let LoadModel::Open { rate } = config.load
+        && pacer.is_none()
+    {
+        let (interval, phase) = super::plan::pacing(rate, config.senders, user.rank);
+        *pacer = Some(Pacer::new(Instant::now() + phase, interval));
+    }
+
+    let mut out = Vec::with_capacity(config.shape.size.saturating_mul(4).min(1 << 20) + 64);
+    let mut scratch = Vec::with_capacity(config.shape.size + 64);
+    loop {
+        flush_control(worker, conn).await;
+        if conn.ended() {
+            return after_end(worker);
+        }
+        let now = Instant::now();
+        if now >= config.deadline {
+            break;
+        }
+
+        // Gather what is due now.
+        let mut special = None;
+        let mut count = 0;
+        while count < MAX_BATCH {
+            let intended = match (&config.load, pacer.as_mut()) {
+                (LoadModel::Closed { window }, _) => {
+                    let outstanding = user.book.borrow().pending.len();
+                    // The book already holds the messages pushed in this batch.
+                    if outstanding >= *window as usize {
+                        break;
+                    }
+                    now
+                }
+                (LoadModel::Open { .. }, Some(pacer)) => match pacer.pop_due(now) {
+                    Some(due) => {
+                        worker
+                            .stats
+                            .borrow_mut()
+                            .record_send_lag(now.saturating_duration_since(due));
+                        due
+                    }
+                    None => break,
+                },
+                (LoadModel::Open { .. }, None) => break,
+            };
+            let injection = user
+                .injector
+                .borrow_mut()
+                .as_mut()
+                .and_then(Injector::choose);
+            match injection {
+                None => push_message(worker, user, &mut out, &mut scratch, intended, Body::Valid),
+                Some(Injection::MalformedJson) => {
+                    push_malformed(worker, user, &mut out, &mut scratch, intended)
+                }
+                Some(kind @ (Injection::Oversize | Injection::OverRate)) => {
+                    special = Some(kind);
+                    break;
+                }
+            }
+            count += 1;
+        }
+
+        if !out.is_empty() {
+            out = write(worker, conn, out).await;
+        }
+        match special {
+            Some(Injection::Oversize) => {
+                return send_oversize(worker, user, conn, &mut scratch).await;
+            }
+            Some(Injection::OverRate) => {
+                if !send_over_rate(worker, user, conn, &mut scratch).await {
+                    return after_end(worker);
+                }
+                if let Some(pacer) = pacer.as_mut() {
+                    pacer.rebase(Instant::now());
+                }
+                continue;
+            }
+            Some(Injection::MalformedJson) | None => {}
+        }
+        if count > 0 {
+            continue;
+        }
+
+        // Nothing was due: sleep until the next due time, a response, or a control frame.
+        let next = match pacer.as_ref() {
+            Some(pacer) => pacer.next_due().min(config.deadline),
+            None => config.deadline,
+        };
+        tokio::select! {
+            _ = user.answered.notified() => {}
+            _ = conn.wake.notified() => {}
+            _ = sleep_until(next) => {}
+        }
+    }
+
+    // Drain: wait for the responses to what was sent.
+    let drain_until = config.deadline + config.drain_timeout;
+    let answered = Wakers {
+        answered: Some(&user.answered),
+        state: None,
+    };
+    match wait_for(worker, conn, drain_until, answered, || {
+        user.book.borrow().pending.is_empty()
+    })
+    .await
+    {
+        Waited::Met | Waited::TimedOut | Waited::Ended => Outcome::Done,
+    }
+}
+
+/// Appends one message with its expected response to `out`.
+fn push_message(
+    worker: &Worker,
+    user: &User,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    intended: Instant,
+    body: Body,
+) {
+    let expect = match body {
+        Body::Valid => Expect::Reply,
+        Body::MalformedSyntax | Body::DuplicateKey => Expect::Error("invalid_json"),
+        Body::Oversize { .. } => Expect::Reply,
+    };
+    push_expecting(worker, user, out, scratch, intended, body, Some(expect));
+}
+
+fn push_malformed(
+    worker: &Worker,
+    user: &User,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    intended: Instant,
+) {
+    // Alternate between a syntax error (no id in the error frame) and a duplicate key (id echoed),
+    // so both ways of matching error frames are exercised.
+    let body = if user.next_seq.get().is_multiple_of(2) {
+        Body::MalformedSyntax
+    } else {
+        Body::DuplicateKey
+    };
+    worker.stats.borrow_mut().injected.malformed_json += 1;
+    push_message(worker, user, out, scratch, intended, body);
+}
+
+/// Appends one message; `expect` `None` means no response is tracked.
+fn push_expecting(
+    worker: &Worker,
+    user: &User,
+    out: &mut Vec<u8>,
+    scratch: &mut Vec<u8>,
+    intended: Instant,
+    body: Body,
+    expect: Option<Expect>,
+) {
+    let seq = user.next_seq.get();
+    user.next_seq.set(seq + 1);
+    scratch.clear();
+    let id = MessageId {
+        conn: user.index,
+        seq,
+    };
+    worker.config.shape.write(scratch, id, &user.to_json, body);
+    wire::encode_frame(out, OpCode::Text, scratch, worker.mask_key());
+
+    if let Some(expect) = expect {
+        let mut book = user.book.borrow_mut();
+        book.pending.insert(seq, Pending { intended, expect });
+        if body == Body::MalformedSyntax {
+            book.without_id.push_back(seq);
+        }
+    }
+    let mut stats = worker.stats.borrow_mut();
+    stats.messages_sent += 1;
+    stats.bytes_sent += u64::try_from(scratch.len()).unwrap_or(u64::MAX);
+}
+
+/// Sends one message over the server's size cap and waits for the server to close with 1009.
+/// The connection is then replaced.
+async fn send_oversize(
+    worker: &Worker,
+    user: &User,
+    conn: &Conn,
+    scratch: &mut Vec<u8>,
+) -> Outcome {
+    let config = &worker.config;
+    let Some(injection) = config.injection.as_ref() else {
+        return Outcome::Done;
+    };
+    let mut out = Vec::with_capacity(injection.oversize_bytes + 16);
+    let body = Body::Oversize {
+        bytes: injection.oversize_bytes,
+    };
+    push_expecting(worker, user, &mut out, scratch, Instant::now(), body, None);
+    worker.stats.borrow_mut().injected.oversize += 1;
+    user.expect_close.set(Some(MESSAGE_TOO_BIG));
+    let _ = write(worker, conn, out).await;
+
+    // Earlier messages get their replies before the close, because the server handles them in order.
+    let until = Instant::now() + config.close_timeout.max(Duration::from_secs(1));
+    let _ = wait_for(worker, conn, until, Wakers::default(), || false).await;
+    if conn.server_close.get().is_none() {
+        // The server did not close: the injected fault got no response.
+        user.expect_close.set(None);
+        worker.stats.borrow_mut().errors.mismatch += 1;
+    }
+    after_end(worker)
+}
+
+/// Drains the connection's rate bucket and sends one message over it: waits until nothing is
+/// outstanding, waits for the bucket to refill, then writes `burst` valid messages and one
+/// more in a single write, which must be rejected with `rate_limited`. Afterwards it waits for
+/// the bucket to refill again, so later messages are not limited. Returns false when the
+/// connection ended.
+async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut Vec<u8>) -> bool {
+    let config = &worker.config;
+    let Some(injection) = config.injection.as_ref() else {
+        return true;
+    };
+    let until = config.deadline + config.drain_timeout;
+    let quiet = || user.book.borrow().pending.is_empty();
+    let answered = Wakers {
+        answered: Some(&user.answered),
+        state: None,
+    };
+
+    if wait_for(worker, conn, until, answered, quiet).await == Waited::Ended {
+        return false;
+    }
+    let refilled = Instant::now() + injection.refill;
+    if wait_for(worker, conn, refilled, Wakers::default(), || false).await == Waited::Ended {
+        return false;
+    }
+
+    let now = Instant::now();
+    let mut out = Vec::with_capacity((config.shape.size + 16) * (injection.burst as usize + 1));
+    for _ in 0..injection.burst {
+        push_message(worker, user, &mut out, scratch, now, Body::Valid);
+    }
+    push_expecting(
+        worker,
+        user,
+        &mut out,
+        scratch,
+        now,
+        Body::Valid,
+        Some(Expect::Error("rate_limited")),
+    );
+    worker.stats.borrow_mut().injected.over_rate += 1;
+    let _ = write(worker, conn, out).await;
+
+    if wait_for(worker, conn, until, answered, quiet).await == Waited::Ended {
+        return false;
+    }
+    let refilled = Instant::now() + injection.refill;
+    wait_for(worker, conn, refilled, Wakers::default(), || false).await != Waited::Ended
+}
+
+/// Sends a close frame unless one was already exchanged, waits for the server's close frame
+/// and TCP end within the close timeout, then shuts the socket down.
+async fn close(worker: &Worker, conn: &Conn) {
+    let config = &worker.config;
+    flush_control(worker, conn).await;
+    if !conn.close_sent.get() && !conn.failed.get() && !conn.eof.get() {
+        conn.close_sent.set(true);
+        let mut frame = Vec::with_capacity(8);
+        wire::encode_close(&mut frame, NORMAL_CLOSURE, worker.mask_key());
+        let _ = write(worker, conn, frame).await;
+    }
+
+    let until = Instant::now() + config.close_timeout;
+    loop {
+        flush_control(worker, conn).await;
+        if conn.eof.get() || conn.failed.get() || conn.reader_done.get() {
+            break;
+        }
+        if Instant::now() >= until {
+            if conn.server_close.get().is_none() {
+                worker.stats.borrow_mut().errors.close_timeout += 1;
+            }
+            break;
+        }
+        tokio::select! {
+            _ = conn.wake.notified() => {}
+            _ = sleep_until(until) => {}
+        }
+    }
+    // Completes the read still in flight, so the reader task returns.
+    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// Reads and handles server frames until the server closes TCP, a read fails, or the
+/// connection is shut down.
+async fn read_loop(
+    worker: Rc<Worker>,
+    user: Rc<User>,
+    conn: Rc<Conn>,
+    mut buf: BytesMut,
+    read_bytes: usize,
+) {
+    let max_frame = worker.config.max_frame_bytes;
+    let mut fragments: Option<(OpCode, Vec<u8>)> = None;
+    loop {
+        loop {
+            let header = match wire::next_frame(&buf, max_frame) {
+                Ok(Some(header)) => header,
+                Ok(None) => break,
+                Err(err) => {
+                    tracing::debug!(user = user.index, error = %err, "server broke the protocol");
+                    worker.stats.borrow_mut().errors.protocol += 1;
+                    conn.failed.set(true);
+                    finish_reader(&conn);
+                    return;
+                }
+            };
+            // next_frame returned the header only once the whole payload is in `buf`.
+            let payload_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+            let frame = buf.split_to(header.header_len + payload_len);
+            let payload = frame.get(header.header_len..).unwrap_or_default();
+            let handled = on_frame(
+                &worker,
+                &user,
+                &conn,
+                header.opcode,
+                header.fin,
+                payload,
+                &mut fragments,
+            );
+            if !handled {
+                worker.stats.borrow_mut().errors.protocol += 1;
+                conn.failed.set(true);
+                finish_reader(&conn);
+                return;
+            }
+        }
+
+        if buf.capacity() - buf.len() < read_bytes / 2 {
+            buf.reserve(read_bytes);
+        }
+        let len = buf.len();
+        let capacity = buf.capacity();
+        let (result, slice) = conn.stream.read(buf.slice(len..capacity)).await;
+        buf = slice.into_inner();
+        match result {
+            Ok(0) => {
+                if conn.server_close.get().is_none() && !conn.close_sent.get() {
+                    // TCP ended without a close frame (status 1006 on this side).
+                    tracing::debug!(user = user.index, "server closed TCP without a close frame");
+                    worker.stats.borrow_mut().errors.io += 1;
+                }
+                conn.eof.set(true);
+                finish_reader(&conn);
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                if !conn.close_sent.get() && conn.server_close.get().is_none() {
+                    tracing::debug!(user = user.index, error = %err, "read failed");
+                    worker.stats.borrow_mut().errors.io += 1;
+                }
+                conn.failed.set(true);
+                finish_reader(&conn);
+                return;
+            }
+        }
+    }
+}
+
+fn finish_reader(conn: &Conn) {
+    conn.reader_done.set(true);
+    conn.wake.notify_one();
+}
+
+/// Handles one complete frame. Returns false when the frame breaks RFC 6455 §5.4 (fragments
+/// out of order).
+fn on_frame(
+    worker: &Worker,
+    user: &User,
+    conn: &Conn,
+    opcode: OpCode,
+    fin: bool,
+    payload: &[u8],
+    fragments: &mut Option<(OpCode, Vec<u8>)>,
+) -> bool {
+    match (opcode, fin, fragments.is_some()) {
+        (OpCode::Text | OpCode::Binary, true, false) => on_message(worker, user, payload),
+        (OpCode::Text | OpCode::Binary, false, false) => {
+            *fragments = Some((opcode, payload.to_vec()));
+        }
+        (OpCode::Continuation, _, true) => {
+            if let Some((_, assembled)) = fragments.as_mut() {
+                assembled.extend_from_slice(payload);
+            }
+            if fin && let Some((_, assembled)) = fragments.take() {
+                on_message(worker, user, &assembled);
+            }
+        }
+        // §5.4: a data frame inside a fragmented message, or a continuation outside one.
+        (OpCode::Text | OpCode::Binary, _, true) | (OpCode::Continuation, _, false) => {
+            return false;
+        }
+        (OpCode::Ping, _, _) => {
+            // §5.5.2: reply with a pong carrying the same payload.
+            let mut control = conn.control.borrow_mut();
+            wire::encode_frame(&mut control, OpCode::Pong, payload, worker.mask_key());
+            conn.wake.notify_one();
+        }
+        (OpCode::Pong, _, _) => {}
+        (OpCode::Close, _, _) => on_close(worker, user, conn, wire::close_code(payload)),
+    }
+    true
+}
+
+/// Records a close frame from the server and queues the reply (RFC 6455 §5.5.1).
+fn on_close(worker: &Worker, user: &User, conn: &Conn, code: Option<u16>) {
+    if conn.server_close.get().is_some() {
+        return;
+    }
+    conn.server_close.set(Some(code));
+    if !conn.close_sent.get() {
+        // The server started the close: count its code, and check it was expected.
+        let shown = code.unwrap_or(1005);
+        let mut stats = worker.stats.borrow_mut();
+        stats.count_close(shown);
+        if user.expect_close.get() == Some(shown) {
+            user.expect_close.set(None);
+        } else {
+            tracing::debug!(
+                user = user.index,
+                code = shown,
+                "server closed the connection"
+            );
+            stats.errors.unexpected_close += 1;
+        }
+        drop(stats);
+        conn.close_sent.set(true);
+        let mut control = conn.control.borrow_mut();
+        match code {
+            // §5.5.1: the reply typically echoes the status code received.
+            Some(code) if crate::frame::CloseCode(code).is_allowed_on_wire() => {
+                wire::encode_close(&mut control, code, worker.mask_key());
+            }
+            _ => wire::encode_frame(&mut control, OpCode::Close, &[], worker.mask_key()),
+        }
+    }
+    conn.wake.notify_one();
+}
+
+/// Matches a data message to the message that caused it and records the latency.
+fn on_message(worker: &Worker, user: &User, payload: &[u8]) {
+    let now = Instant::now();
+    {
+        let mut stats = worker.stats.borrow_mut();
+        stats.messages_received += 1;
+        stats.bytes_received += u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        if worker.config.in_steady_window(now) {
+            stats.steady_received += 1;
+        }
+    }
+
+    if let Some(error) = wire::parse_error_frame(payload) {
+        worker.stats.borrow_mut().count_error_frame(&error.code);
+        let seq = match error.id {
+            Some(id) if id.conn == user.index => Some(id.seq),
+            Some(_) => None,
+            None => user.book.borrow_mut().without_id.pop_front(),
+        };
+        let pending = seq.and_then(|seq| user.book.borrow_mut().pending.remove(&seq));
+        let matched = matches!(pending, Some(Pending { expect: Expect::Error(code), .. }) if code == error.code);
+        if !matched {
+            tracing::debug!(user = user.index, code = %error.code, "unexpected error frame");
+            worker.stats.borrow_mut().errors.mismatch += 1;
+        }
+        user.answered.notify_one();
+        return;
+    }
+
+    let Some(id) = wire::parse_id(payload) else {
+        worker.stats.borrow_mut().errors.mismatch += 1;
+        return;
+    };
+    let Some(sender) = worker.users.get(&id.conn) else {
+        worker.stats.borrow_mut().errors.mismatch += 1;
+        return;
+    };
+    let pending = sender.book.borrow_mut().pending.remove(&id.seq);
+    match pending {
+        Some(Pending {
+            intended,
+            expect: Expect::Reply,
+        }) => {
+            worker
+                .stats
+                .borrow_mut()
+                .record_latency(now.saturating_duration_since(intended));
+        }
+        Some(Pending {
+            expect: Expect::Error(_),
+            ..
+        })
+        | None => {
+            worker.stats.borrow_mut().errors.mismatch += 1;
+        }
+    }
+    sender.answered.notify_one();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Connect scenario
+
+/// Connect, upgrade, close, repeat, until the deadline; open loop when `--rate` is given.
+async fn connect_loop(worker: Rc<Worker>, user: Rc<User>) {
+    let config = Arc::clone(&worker.config);
+    let start = ramp_start(&config, user.index);
+    sleep_until(start).await;
+    let mut pacer = match config.load {
+        LoadModel::Open { rate } => {
+            let (interval, phase) = super::plan::pacing(rate, config.connections, user.index);
+            Some(Pacer::new(start + phase, interval))
+        }
+        LoadModel::Closed { .. } => None,
+    };
+
+    loop {
+        let intended = match pacer.as_mut() {
+            Some(pacer) => {
+                let due = pacer.next_due();
+                if due >= config.deadline {
+                    break;
+                }
+                sleep_until(due).await;
+                pacer.pop_due(Instant::now()).unwrap_or(due)
+            }
+            None => Instant::now(),
+        };
+        if intended >= config.deadline {
+            break;
+        }
+        let Ok((conn, leftover)) = connect(&worker, &user, intended).await else {
+            sleep_until(Instant::now() + Duration::from_millis(10)).await;
+            continue;
+        };
+        worker.open.set(worker.open.get() + 1);
+        let reader = tokio_uring::spawn(read_loop(
+            Rc::clone(&worker),
+            Rc::clone(&user),
+            Rc::clone(&conn),
+            leftover,
+            IDLE_READ_BYTES,
+        ));
+        close(&worker, &conn).await;
+        let _ = reader.await;
+        worker.open.set(worker.open.get().saturating_sub(1));
+    }
+}

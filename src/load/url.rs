@@ -1,0 +1,227 @@
+//! Target URL parsing for the load generator: `ws://host[:port][/path][?query]`.
+//!
+//! Only the `ws` scheme is accepted, because the generator speaks plain TCP. The host may be a
+//! name, an IPv4 address or a bracketed IPv6 address. Name resolution happens in the caller.
+#![forbid(unsafe_code)]
+
+/// Port used when the URL names none (RFC 6455 §3).
+const DEFAULT_PORT: u16 = 80;
+
+/// A parsed `ws://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsUrl {
+    /// Host as written, without brackets (a name or an IP address).
+    pub host: String,
+    pub port: u16,
+    /// Value for the `Host` header: the host, bracketed if IPv6, with `:port` when the URL
+    /// named a port.
+    pub authority: String,
+    /// Request target: the path (`/` when absent) and the query, if any.
+    pub path_and_query: String,
+}
+
+/// Why a target URL was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    #[error("URL has a fragment; remove the part from `#`")]
+    Fragment,
+    #[error("URL has no host; expected ws://host:port/path")]
+    HostMissing,
+    #[error("URL host {host:?} has an unclosed `[`")]
+    HostUnclosed { host: String },
+    #[error("URL port {port:?} is not a number from 1 to 65535")]
+    PortInvalid { port: String },
+    #[error(
+        "URL scheme {scheme:?} is not supported; use ws:// (wss:// needs TLS, which the load generator does not speak)"
+    )]
+    SchemeUnsupported { scheme: String },
+    #[error("URL has user information before `@`; put credentials in a token instead")]
+    UserInfo,
+}
+
+impl WsUrl {
+    /// Parses `text` as a `ws://` URL.
+    pub fn parse(text: &str) -> Result<Self, UrlError> {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Err(UrlError::SchemeUnsupported {
+                scheme: String::new(),
+            });
+        };
+        if !scheme.eq_ignore_ascii_case("ws") {
+            return Err(UrlError::SchemeUnsupported {
+                scheme: scheme.to_owned(),
+            });
+        }
+        if rest.contains('#') {
+            return Err(UrlError::Fragment);
+        }
+
+        let target_start = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, target) = rest.split_at(target_start);
+        if authority.contains('@') {
+            return Err(UrlError::UserInfo);
+        }
+        let (host, port_text) = split_host_port(authority)?;
+        if host.is_empty() {
+            return Err(UrlError::HostMissing);
+        }
+        let port = match port_text {
+            None => DEFAULT_PORT,
+            Some(port) => match port.parse::<u16>() {
+                Ok(value) if value > 0 => value,
+                _ => {
+                    return Err(UrlError::PortInvalid {
+                        port: port.to_owned(),
+                    });
+                }
+            },
+        };
+
+        let path_and_query = match target.strip_prefix('?') {
+            Some(_) => format!("/{target}"),
+            None if target.is_empty() => "/".to_owned(),
+            None => target.to_owned(),
+        };
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            authority: authority.to_owned(),
+            path_and_query,
+        })
+    }
+
+    /// Request target with `name=value` appended to the query.
+    pub fn with_query_param(&self, name: &str, value: &str) -> String {
+        let separator = if self.path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!("{}{separator}{name}={value}", self.path_and_query)
+    }
+}
+
+/// Splits `host[:port]` or `[v6][:port]`.
+fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), UrlError> {
+    if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((host, after)) = bracketed.split_once(']') else {
+            return Err(UrlError::HostUnclosed {
+                host: authority.to_owned(),
+            });
+        };
+        return match after.strip_prefix(':') {
+            Some(port) => Ok((host, Some(port))),
+            None if after.is_empty() => Ok((host, None)),
+            None => Err(UrlError::PortInvalid {
+                port: after.to_owned(),
+            }),
+        };
+    }
+    Ok(match authority.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (authority, None),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_full_url_splits_parts() {
+        let url = WsUrl::parse("ws://127.0.0.1:8080/ws?room=1").unwrap();
+        assert_eq!(url.host, "127.0.0.1");
+        assert_eq!(url.port, 8080);
+        assert_eq!(url.authority, "127.0.0.1:8080");
+        assert_eq!(url.path_and_query, "/ws?room=1");
+    }
+
+    #[test]
+    fn parse_without_port_or_path_uses_defaults() {
+        let url = WsUrl::parse("ws://localhost").unwrap();
+        assert_eq!(url.port, 80);
+        assert_eq!(url.authority, "localhost");
+        assert_eq!(url.path_and_query, "/");
+
+        let url = WsUrl::parse("WS://localhost?x=1").unwrap();
+        assert_eq!(url.path_and_query, "/?x=1");
+    }
+
+    #[test]
+    fn parse_ipv6_host_strips_brackets() {
+        let url = WsUrl::parse("ws://[::1]:9001/echo").unwrap();
+        assert_eq!(url.host, "::1");
+        assert_eq!(url.port, 9001);
+        assert_eq!(url.authority, "[::1]:9001");
+        assert_eq!(WsUrl::parse("ws://[::1]/").unwrap().port, 80);
+    }
+
+    #[test]
+    fn parse_bad_urls_fail_with_reason() {
+        let cases = [
+            (
+                "wss://h/",
+                UrlError::SchemeUnsupported {
+                    scheme: "wss".to_owned(),
+                },
+            ),
+            (
+                "http://h/",
+                UrlError::SchemeUnsupported {
+                    scheme: "http".to_owned(),
+                },
+            ),
+            (
+                "h:80/",
+                UrlError::SchemeUnsupported {
+                    scheme: String::new(),
+                },
+            ),
+            ("ws:///path", UrlError::HostMissing),
+            ("ws://:80/", UrlError::HostMissing),
+            (
+                "ws://h:0/",
+                UrlError::PortInvalid {
+                    port: "0".to_owned(),
+                },
+            ),
+            (
+                "ws://h:99999/",
+                UrlError::PortInvalid {
+                    port: "99999".to_owned(),
+                },
+            ),
+            (
+                "ws://[::1/",
+                UrlError::HostUnclosed {
+                    host: "[::1".to_owned(),
+                },
+            ),
+            (
+                "ws://[::1]x/",
+                UrlError::PortInvalid {
+                    port: "x".to_owned(),
+                },
+            ),
+            ("ws://u:p@h/", UrlError::UserInfo),
+            ("ws://h/#frag", UrlError::Fragment),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(WsUrl::parse(text), Err(expected), "{text}");
+        }
+    }
+
+    #[test]
+    fn with_query_param_appends_with_right_separator() {
+        let url = WsUrl::parse("ws://h:1/ws").unwrap();
+        assert_eq!(
+            url.with_query_param("access_token", "t"),
+            "/ws?access_token=t"
+        );
+        let url = WsUrl::parse("ws://h:1/ws?a=b").unwrap();
+        assert_eq!(
+            url.with_query_param("access_token", "t"),
+            "/ws?a=b&access_token=t"
+        );
+    }
+}

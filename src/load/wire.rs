@@ -1,0 +1,603 @@
+//! Client side of the wire for the load generator: the upgrade request and response head
+//! (RFC 6455 §4.1), masked client frames (§5.2, §5.3), and the chat messages it sends.
+//!
+//! Everything here is pure: it writes into and reads from caller-owned buffers. Server frames
+//! are decoded with [`crate::frame::decode_header`] in the client role, which rejects masked
+//! server frames (§5.1). Message ids have the form `<connection>-<sequence>` so a reply, a
+//! relayed copy or an error frame can be matched to the message that caused it.
+#![forbid(unsafe_code)]
+
+use std::io::Write as _;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use super::TokenIn;
+use super::url::WsUrl;
+use crate::frame::{DecodeError, FrameHeader, HeaderLimits, OpCode, apply_mask, decode_header};
+
+/// Largest response head accepted before the handshake counts as failed.
+pub const MAX_RESPONSE_HEAD_BYTES: usize = 16_384;
+
+/// Fixed value of the `conversation_id` field in generated chat messages.
+const CONVERSATION_ID: &str = "c";
+
+/// Identifies one generated message: the global connection index and the sequence number
+/// within that virtual user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    pub conn: u32,
+    pub seq: u64,
+}
+
+/// What a generated message is meant to trigger on a framegate server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    /// Valid text: a JSON chat message, or plain text with `--raw`.
+    Valid,
+    /// A JSON chat message padded to `bytes`, one byte over the server's message cap.
+    Oversize { bytes: usize },
+    /// A JSON object without its closing brace: `invalid_json`, and no id can be echoed.
+    MalformedSyntax,
+    /// A JSON object that repeats the `content` key: `invalid_json` with the id echoed.
+    DuplicateKey,
+}
+
+/// Writes the HTTP/1.1 upgrade request (RFC 6455 §4.1) for `url` with the given
+/// `Sec-WebSocket-Key`, placing `token` as `placement` says.
+pub fn write_upgrade_request(
+    out: &mut Vec<u8>,
+    url: &WsUrl,
+    key: &str,
+    token: Option<&str>,
+    placement: &TokenPlacement,
+) {
+    let target = match (token, placement) {
+        (
+            Some(token),
+            TokenPlacement {
+                kind: TokenIn::Query,
+                query_param,
+                ..
+            },
+        ) => url.with_query_param(query_param, token),
+        _ => url.path_and_query.clone(),
+    };
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
+        url.authority
+    );
+    match (token, placement.kind) {
+        (Some(token), TokenIn::Header) => {
+            let _ = write!(out, "Authorization: Bearer {token}\r\n");
+        }
+        (Some(token), TokenIn::Protocol) => {
+            let _ = write!(
+                out,
+                "Sec-WebSocket-Protocol: {}, {token}\r\n",
+                placement.protocol_marker
+            );
+        }
+        (Some(_), TokenIn::Query) | (None, _) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Where the upgrade request carries the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenPlacement {
+    pub kind: TokenIn,
+    /// Query parameter name for [`TokenIn::Query`].
+    pub query_param: String,
+    /// Subprotocol offered before the token for [`TokenIn::Protocol`].
+    pub protocol_marker: String,
+}
+
+/// Encodes a 16-byte nonce as a `Sec-WebSocket-Key` value (RFC 6455 §4.1, item 7).
+pub fn websocket_key(nonce: [u8; 16]) -> String {
+    STANDARD.encode(nonce)
+}
+
+/// The parts of a response head the load generator checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// Bytes up to and including the blank line; frame bytes may follow.
+    pub head_len: usize,
+    /// `Sec-WebSocket-Accept` value, if present.
+    pub accept: Option<String>,
+}
+
+/// Why a response head could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    #[error("response status line is not `HTTP/1.1 <3-digit code> ...`")]
+    StatusLine,
+    #[error("response head exceeds {max} bytes without a blank line")]
+    TooLarge { max: usize },
+}
+
+/// Parses the response head at the start of `buf`. Returns `Ok(None)` until the blank line
+/// that ends the head has arrived.
+pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
+    let Some(end) = buf.windows(4).position(|window| window == b"\r\n\r\n") else {
+        if buf.len() > MAX_RESPONSE_HEAD_BYTES {
+            return Err(HeadError::TooLarge {
+                max: MAX_RESPONSE_HEAD_BYTES,
+            });
+        }
+        return Ok(None);
+    };
+    let head_len = end + 4;
+    let head = buf.get(..end).unwrap_or_default();
+    let mut lines = head.split(|&byte| byte == b'\n').map(trim_cr);
+
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix(b"HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .filter(|code| code.iter().all(u8::is_ascii_digit))
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse::<u16>().ok())
+        .ok_or(HeadError::StatusLine)?;
+
+    let mut accept = None;
+    for line in lines {
+        let Some(colon) = line.iter().position(|&byte| byte == b':') else {
+            continue;
+        };
+        let (name, value) = line.split_at(colon);
+        if name.eq_ignore_ascii_case(b"sec-websocket-accept") {
+            let value = value.get(1..).unwrap_or_default().trim_ascii();
+            accept = Some(String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    Ok(Some(ResponseHead {
+        status,
+        head_len,
+        accept,
+    }))
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Returns true when `accept` is the `Sec-WebSocket-Accept` value for `key` (RFC 6455
+/// §4.1, client requirement 4 on the response).
+pub fn accept_matches(key: &str, accept: Option<&str>) -> bool {
+    accept.is_some_and(|accept| accept.as_bytes() == crate::handshake::accept_key(key))
+}
+
+/// Appends one masked frame with FIN set (RFC 6455 §5.2): a client must mask every frame it
+/// sends with a fresh key (§5.3).
+pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
+    out.push(0x80 | opcode as u8);
+    let len = payload.len();
+    if let Ok(short) = u8::try_from(len)
+        && short <= 125
+    {
+        out.push(0x80 | short);
+    } else if let Ok(medium) = u16::try_from(len) {
+        out.push(0x80 | 126);
+        out.extend_from_slice(&medium.to_be_bytes());
+    } else {
+        out.push(0x80 | 127);
+        out.extend_from_slice(&u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes());
+    }
+    out.extend_from_slice(&key);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(masked) = out.get_mut(start..) {
+        apply_mask(masked, key, 0);
+    }
+}
+
+/// Appends a masked close frame carrying `code` and no reason (RFC 6455 §5.5.1).
+pub fn encode_close(out: &mut Vec<u8>, code: u16, key: [u8; 4]) {
+    encode_frame(out, OpCode::Close, &code.to_be_bytes(), key);
+}
+
+/// Status code of a close frame payload, or `None` when it carries none (RFC 6455 §7.1.5).
+pub fn close_code(payload: &[u8]) -> Option<u16> {
+    payload
+        .first_chunk::<2>()
+        .map(|&code| u16::from_be_bytes(code))
+}
+
+/// Decodes the server frame at the start of `buf`. Returns the header once the whole frame,
+/// payload included, is in `buf`, and `Ok(None)` before that.
+pub fn next_frame(
+    buf: &[u8],
+    max_payload_bytes: usize,
+) -> Result<Option<FrameHeader>, DecodeError> {
+    let limits = HeaderLimits {
+        role: crate::frame::Role::Client,
+        max_payload_bytes,
+        allow_binary: true,
+    };
+    let Some(header) = decode_header(buf, &limits)? else {
+        return Ok(None);
+    };
+    // decode_header caps payload_len at max_payload_bytes, which is a usize.
+    let payload_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+    let complete = header
+        .header_len
+        .checked_add(payload_len)
+        .is_some_and(|end| end <= buf.len());
+    Ok(complete.then_some(header))
+}
+
+/// Builds the payloads of generated messages.
+#[derive(Debug, Clone)]
+pub struct MessageShape {
+    /// Target payload size in bytes. A JSON message is never shorter than its fields, so small
+    /// targets give slightly larger messages.
+    pub size: usize,
+    /// Plain text `<conn>-<seq>` padded with `x`, for servers that do not check JSON.
+    pub raw: bool,
+}
+
+impl MessageShape {
+    /// Appends the payload of message `id` addressed to `to_json` (a JSON string literal,
+    /// quotes included).
+    pub fn write(&self, out: &mut Vec<u8>, id: MessageId, to_json: &str, body: Body) {
+        if self.raw {
+            let start = out.len();
+            let _ = write!(out, "{}-{} ", id.conn, id.seq);
+            let written = out.len() - start;
+            out.resize(start + written.max(self.size), b'x');
+            return;
+        }
+
+        let target = match body {
+            Body::Oversize { bytes } => bytes,
+            Body::Valid | Body::MalformedSyntax | Body::DuplicateKey => self.size,
+        };
+        let start = out.len();
+        let _ = write!(
+            out,
+            "{{\"id\":\"{}-{}\",\"conversation_id\":\"{CONVERSATION_ID}\",\"content\":\"",
+            id.conn, id.seq
+        );
+        let mut tail = Vec::with_capacity(32 + to_json.len());
+        if body == Body::DuplicateKey {
+            tail.extend_from_slice(b"\",\"content\":\"");
+        }
+        let _ = write!(tail, "\",\"to\":{to_json}");
+        if body != Body::MalformedSyntax {
+            tail.push(b'}');
+        }
+        let fixed = out.len() - start + tail.len();
+        out.resize(out.len() + target.saturating_sub(fixed), b'x');
+        out.extend_from_slice(&tail);
+    }
+}
+
+/// Finds the generated id in a reply, an echo or a relayed copy: the `"id":"<conn>-<seq>"`
+/// member of a JSON message, or the leading `<conn>-<seq>` of a raw one.
+pub fn parse_id(payload: &[u8]) -> Option<MessageId> {
+    const MEMBER: &[u8] = b"\"id\":\"";
+    let start = if payload.first() == Some(&b'{') {
+        payload
+            .windows(MEMBER.len())
+            .position(|window| window == MEMBER)?
+            + MEMBER.len()
+    } else {
+        0
+    };
+    let rest = payload.get(start..)?;
+    let end = rest
+        .iter()
+        .position(|&byte| byte != b'-' && !byte.is_ascii_digit())
+        .unwrap_or(rest.len());
+    parse_id_text(std::str::from_utf8(rest.get(..end)?).ok()?)
+}
+
+/// Parses `<conn>-<seq>`.
+pub fn parse_id_text(text: &str) -> Option<MessageId> {
+    let (conn, seq) = text.split_once('-')?;
+    Some(MessageId {
+        conn: conn.parse().ok()?,
+        seq: seq.parse().ok()?,
+    })
+}
+
+/// An error frame from framegate: `{"type":"error","code":...,"id":...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorFrame {
+    pub code: String,
+    /// The echoed id, when the server could read one from the message.
+    pub id: Option<MessageId>,
+}
+
+/// Parses `payload` as a framegate error frame, or returns `None` for any other message.
+pub fn parse_error_frame(payload: &[u8]) -> Option<ErrorFrame> {
+    #[derive(serde::Deserialize)]
+    struct Wire {
+        #[serde(rename = "type")]
+        kind: String,
+        code: String,
+        id: Option<serde_json::Value>,
+    }
+
+    if !payload.starts_with(b"{\"type\":\"error\"") {
+        return None;
+    }
+    let wire: Wire = serde_json::from_slice(payload).ok()?;
+    if wire.kind != "error" {
+        return None;
+    }
+    let id = wire
+        .id
+        .as_ref()
+        .and_then(serde_json::Value::as_str)
+        .and_then(parse_id_text);
+    Some(ErrorFrame {
+        code: wire.code,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::apply_mask_plain;
+
+    const ID: MessageId = MessageId { conn: 12, seq: 345 };
+
+    fn placement(kind: TokenIn) -> TokenPlacement {
+        TokenPlacement {
+            kind,
+            query_param: "access_token".to_owned(),
+            protocol_marker: "framegate.jwt".to_owned(),
+        }
+    }
+
+    fn request(token: Option<&str>, kind: TokenIn) -> String {
+        let url = WsUrl::parse("ws://127.0.0.1:8080/ws").unwrap();
+        let mut out = Vec::new();
+        write_upgrade_request(
+            &mut out,
+            &url,
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            token,
+            &placement(kind),
+        );
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn upgrade_request_places_token_in_header() {
+        let text = request(Some("T"), TokenIn::Header);
+        assert!(text.starts_with("GET /ws HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"));
+        assert!(text.contains("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"));
+        assert!(text.contains("Sec-WebSocket-Version: 13\r\n"));
+        assert!(text.contains("Authorization: Bearer T\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn upgrade_request_places_token_in_query_and_protocol() {
+        let text = request(Some("T"), TokenIn::Query);
+        assert!(text.starts_with("GET /ws?access_token=T HTTP/1.1\r\n"));
+        assert!(!text.contains("Authorization"));
+
+        let text = request(Some("T"), TokenIn::Protocol);
+        assert!(text.contains("Sec-WebSocket-Protocol: framegate.jwt, T\r\n"));
+    }
+
+    #[test]
+    fn upgrade_request_without_token_has_no_credentials() {
+        let text = request(None, TokenIn::Protocol);
+        assert!(!text.contains("Authorization"));
+        assert!(!text.contains("Sec-WebSocket-Protocol"));
+        assert!(!text.contains("access_token"));
+    }
+
+    #[test]
+    fn response_head_partial_until_blank_line() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: abc\r\n\r\n\x81\x00";
+        let blank = head.len() - 2;
+        for end in 0..blank {
+            assert_eq!(parse_response_head(&head[..end]), Ok(None), "prefix {end}");
+        }
+        let parsed = parse_response_head(head).unwrap().unwrap();
+        assert_eq!(parsed.status, 101);
+        assert_eq!(parsed.head_len, blank);
+        assert_eq!(parsed.accept.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn response_head_reads_rejection_status() {
+        let head = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n\r\n";
+        let parsed = parse_response_head(head).unwrap().unwrap();
+        assert_eq!(parsed.status, 429);
+        assert_eq!(parsed.accept, None);
+    }
+
+    #[test]
+    fn response_head_bad_status_or_size_fails() {
+        assert_eq!(
+            parse_response_head(b"HTTP/1.0 200 OK\r\n\r\n"),
+            Err(HeadError::StatusLine)
+        );
+        assert_eq!(
+            parse_response_head(b"HTTP/1.1 2x0 OK\r\n\r\n"),
+            Err(HeadError::StatusLine)
+        );
+        let long = vec![b'a'; MAX_RESPONSE_HEAD_BYTES + 1];
+        assert_eq!(
+            parse_response_head(&long),
+            Err(HeadError::TooLarge {
+                max: MAX_RESPONSE_HEAD_BYTES
+            })
+        );
+    }
+
+    #[test]
+    fn accept_matches_rfc_example() {
+        // RFC 6455 §1.3 example key and accept value.
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert!(accept_matches(key, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")));
+        assert!(!accept_matches(key, Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOp=")));
+        assert!(!accept_matches(key, None));
+    }
+
+    #[test]
+    fn websocket_key_is_24_base64_chars() {
+        let key = websocket_key([7; 16]);
+        assert_eq!(key.len(), 24);
+        assert!(key.ends_with("=="));
+    }
+
+    #[test]
+    fn encode_frame_masks_and_server_role_decodes() {
+        let key = [1, 2, 3, 4];
+        for len in [0usize, 125, 126, 65_535, 65_536] {
+            let payload = vec![b'a'; len];
+            let mut out = Vec::new();
+            encode_frame(&mut out, OpCode::Text, &payload, key);
+            let limits = HeaderLimits {
+                role: crate::frame::Role::Server,
+                max_payload_bytes: usize::MAX,
+                allow_binary: true,
+            };
+            let header = decode_header(&out, &limits).unwrap().unwrap();
+            assert!(header.fin);
+            assert_eq!(header.opcode, OpCode::Text);
+            assert_eq!(header.mask, Some(key));
+            assert_eq!(header.payload_len, len as u64);
+            let mut body = out[header.header_len..].to_vec();
+            apply_mask_plain(&mut body, key, 0);
+            assert_eq!(body, payload, "length {len}");
+        }
+    }
+
+    #[test]
+    fn encode_close_carries_code() {
+        let mut out = Vec::new();
+        encode_close(&mut out, 1000, [0; 4]);
+        assert_eq!(out, [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8]);
+    }
+
+    #[test]
+    fn close_code_reads_first_two_bytes() {
+        assert_eq!(close_code(&[0x03, 0xF1, b'x']), Some(1009));
+        assert_eq!(close_code(&[]), None);
+    }
+
+    #[test]
+    fn next_frame_waits_for_whole_payload() {
+        let frame = [0x81, 0x03, b'a', b'b', b'c'];
+        for end in 0..frame.len() {
+            assert_eq!(next_frame(&frame[..end], 1024), Ok(None), "prefix {end}");
+        }
+        let header = next_frame(&frame, 1024).unwrap().unwrap();
+        assert_eq!(header.header_len, 2);
+        assert_eq!(header.payload_len, 3);
+    }
+
+    #[test]
+    fn next_frame_rejects_masked_server_frame() {
+        assert_eq!(
+            next_frame(&[0x81, 0x80, 0, 0, 0, 0], 1024),
+            Err(DecodeError::MaskedFrame)
+        );
+    }
+
+    fn shape(size: usize, raw: bool) -> MessageShape {
+        MessageShape { size, raw }
+    }
+
+    fn message(shape: &MessageShape, body: Body) -> Vec<u8> {
+        let mut out = Vec::new();
+        shape.write(&mut out, ID, "\"user-13\"", body);
+        out
+    }
+
+    #[test]
+    fn valid_message_is_json_padded_to_size() {
+        let out = message(&shape(200, false), Body::Valid);
+        assert_eq!(out.len(), 200);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["id"], "12-345");
+        assert_eq!(value["conversation_id"], "c");
+        assert_eq!(value["to"], "user-13");
+        assert!(value["content"].as_str().unwrap().chars().all(|c| c == 'x'));
+    }
+
+    #[test]
+    fn small_size_gives_minimal_json() {
+        let out = message(&shape(1, false), Body::Valid);
+        let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(value["content"], "");
+    }
+
+    #[test]
+    fn oversize_message_has_exact_length() {
+        let out = message(&shape(64, false), Body::Oversize { bytes: 10_241 });
+        assert_eq!(out.len(), 10_241);
+        assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());
+    }
+
+    #[test]
+    fn malformed_bodies_are_invalid_json() {
+        let syntax = message(&shape(100, false), Body::MalformedSyntax);
+        assert!(serde_json::from_slice::<serde_json::Value>(&syntax).is_err());
+        assert_eq!(syntax.len(), 100);
+
+        let duplicate = message(&shape(100, false), Body::DuplicateKey);
+        assert_eq!(duplicate.len(), 100);
+        let text = String::from_utf8(duplicate).unwrap();
+        assert_eq!(text.matches("\"content\":").count(), 2);
+        // Still one syntactically valid object, so the server can echo the id.
+        assert_eq!(
+            crate::message::client_id(text.as_bytes()),
+            Some("\"12-345\"")
+        );
+    }
+
+    #[test]
+    fn raw_message_starts_with_id() {
+        let out = message(&shape(64, true), Body::Valid);
+        assert_eq!(out.len(), 64);
+        assert!(out.starts_with(b"12-345 x"));
+        assert_eq!(parse_id(&out), Some(ID));
+        assert_eq!(message(&shape(1, true), Body::Valid), b"12-345 ");
+    }
+
+    #[test]
+    fn parse_id_finds_id_after_from() {
+        let relayed = br#"{"from":"user-12","id":"12-345","conversation_id":"c"}"#;
+        assert_eq!(parse_id(relayed), Some(ID));
+        let echoed = message(&shape(80, false), Body::Valid);
+        assert_eq!(parse_id(&echoed), Some(ID));
+    }
+
+    #[test]
+    fn parse_id_rejects_foreign_payloads() {
+        assert_eq!(parse_id(b"{\"x\":1}"), None);
+        assert_eq!(parse_id(b"hello"), None);
+        assert_eq!(parse_id(b"12-"), None);
+        assert_eq!(parse_id(b"99999999999-1"), None);
+    }
+
+    #[test]
+    fn parse_error_frame_reads_code_and_id() {
+        let frame = br#"{"type":"error","code":"rate_limited","detail":"d","id":"12-345","retry_after_ms":5}"#;
+        assert_eq!(
+            parse_error_frame(frame),
+            Some(ErrorFrame {
+                code: "rate_limited".to_owned(),
+                id: Some(ID),
+            })
+        );
+        let without_id = br#"{"type":"error","code":"invalid_json","detail":"d"}"#;
+        assert_eq!(parse_error_frame(without_id).unwrap().id, None);
+        assert_eq!(parse_error_frame(br#"{"id":"12-345"}"#), None);
+    }
+}
