@@ -27,6 +27,8 @@ use crate::message::{FieldKind, MessageRules, RequiredField};
 pub enum BackendKind {
     /// Send each valid message back to its sender (conformance runs and benchmarks).
     Echo,
+    /// Forward each valid message to the application servers in `[upstream]`.
+    Http,
     /// The embedded chat app: deliver a message with `to` to every connection of that user.
     Relay,
 }
@@ -37,9 +39,10 @@ impl std::str::FromStr for BackendKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "echo" => Ok(Self::Echo),
+            "http" => Ok(Self::Http),
             "relay" => Ok(Self::Relay),
             other => Err(format!(
-                "invalid backend {other:?}: expected \"echo\" or \"relay\""
+                "invalid backend {other:?}: expected \"echo\", \"http\" or \"relay\""
             )),
         }
     }
@@ -163,7 +166,9 @@ struct FileConfig {
     trusted_proxies: Vec<String>,
     allowed_origins: Vec<String>,
     max_pending_upgrades: usize,
+    push_api_key_env: String,
     auth: AuthSettings,
+    upstream: UpstreamSettings,
 }
 
 impl Default for FileConfig {
@@ -211,7 +216,9 @@ impl Default for FileConfig {
             trusted_proxies: Vec::new(),
             allowed_origins: Vec::new(),
             max_pending_upgrades: 10_000,
+            push_api_key_env: "FRAMEGATE_PUSH_KEY".to_owned(),
             auth: AuthSettings::default(),
+            upstream: UpstreamSettings::default(),
         }
     }
 }
@@ -298,8 +305,12 @@ pub struct Config {
     /// TCP connections still in the upgrade phase, per process; above it new connections
     /// are closed at once, so idle sockets cannot use up the file descriptors.
     pub max_pending_upgrades: usize,
+    /// Environment variable with the push API key; the push API is off when it is unset.
+    pub push_api_key_env: String,
     /// JWT settings.
     pub auth: AuthSettings,
+    /// Application servers for `backend = "http"`.
+    pub upstream: Upstream,
 }
 
 impl Default for Config {
@@ -545,6 +556,15 @@ impl Config {
             });
         }
 
+        let upstream = Upstream::from_settings(&file.upstream, file.backend)?;
+        if file.backend == BackendKind::Http && (!file.json || file.allow_binary == Some(true)) {
+            return Err(ConfigError::Range {
+                key: "backend",
+                value: "\"http\"".to_owned(),
+                allowed: "the http backend needs json = true and allow_binary = false",
+            });
+        }
+
         let workers = if file.workers == 0 {
             available_cores()
         } else {
@@ -592,7 +612,9 @@ impl Config {
             trusted_proxies,
             allowed_origins: file.allowed_origins,
             max_pending_upgrades: file.max_pending_upgrades,
+            push_api_key_env: file.push_api_key_env,
             auth: file.auth,
+            upstream,
         })
     }
 
@@ -623,6 +645,7 @@ impl fmt::Display for Config {
         writeln!(f, "path = {:?}", self.path)?;
         let backend = match self.backend {
             BackendKind::Echo => "echo",
+            BackendKind::Http => "http",
             BackendKind::Relay => "relay",
         };
         writeln!(f, "backend = \"{backend}\"")?;
@@ -688,6 +711,7 @@ impl fmt::Display for Config {
         writeln!(f, "trusted_proxies = {networks:?}")?;
         writeln!(f, "allowed_origins = {:?}", self.allowed_origins)?;
         writeln!(f, "max_pending_upgrades = {}", self.max_pending_upgrades)?;
+        writeln!(f, "push_api_key_env = {:?}", self.push_api_key_env)?;
         match self.admin_listen {
             Some(addr) => writeln!(f, "admin_listen = \"{addr}\"")?,
             None => writeln!(f, "admin_listen = \"\"")?,
@@ -715,7 +739,140 @@ impl fmt::Display for Config {
         writeln!(f, "bearer_header = {}", auth.bearer_header)?;
         writeln!(f, "query_param = {:?}", auth.query_param)?;
         writeln!(f, "protocol_marker = {:?}", auth.protocol_marker)?;
-        write!(f, "cookie = {:?}", auth.cookie)
+        writeln!(f, "cookie = {:?}", auth.cookie)?;
+        let upstream = &self.upstream;
+        writeln!(f, "[upstream]")?;
+        let urls: Vec<&str> = upstream.urls.iter().map(|url| url.text.as_str()).collect();
+        writeln!(f, "urls = {urls:?}")?;
+        writeln!(f, "batch_max = {}", upstream.batch_max)?;
+        writeln!(f, "batch_delay_ms = {}", upstream.batch_delay.as_millis())?;
+        writeln!(f, "timeout_ms = {}", upstream.timeout.as_millis())?;
+        writeln!(f, "backoff_ms = {}", upstream.backoff.as_millis())?;
+        write!(
+            f,
+            "max_pending_messages = {}",
+            upstream.max_pending_messages
+        )
+    }
+}
+
+/// The `[upstream]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct UpstreamSettings {
+    urls: Vec<String>,
+    batch_max: usize,
+    batch_delay_ms: u64,
+    timeout_ms: u64,
+    backoff_ms: u64,
+    max_pending_messages: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            batch_max: 64,
+            batch_delay_ms: 1,
+            timeout_ms: 2_000,
+            backoff_ms: 1_000,
+            max_pending_messages: 10_000,
+        }
+    }
+}
+
+/// One application server URL, parsed, with its text for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTarget {
+    pub text: String,
+    pub url: crate::upstream::UpstreamUrl,
+}
+
+/// Application servers for `backend = "http"`, range-checked.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Servers that get batches, round robin over the healthy ones.
+    pub urls: Vec<UpstreamTarget>,
+    /// Maximum messages in one POST.
+    pub batch_max: usize,
+    /// Maximum wait for more messages before a batch that is not full is sent.
+    pub batch_delay: Duration,
+    /// Time for one POST, from connect to the end of the response.
+    pub timeout: Duration,
+    /// Time a failed server is left out of the rotation.
+    pub backoff: Duration,
+    /// Messages queued or in flight per worker; readers wait while it is reached.
+    pub max_pending_messages: usize,
+}
+
+impl Upstream {
+    fn from_settings(
+        settings: &UpstreamSettings,
+        backend: BackendKind,
+    ) -> Result<Self, ConfigError> {
+        let mut urls = Vec::with_capacity(settings.urls.len());
+        for text in &settings.urls {
+            let url =
+                crate::upstream::UpstreamUrl::parse(text).map_err(|err| ConfigError::Range {
+                    key: "upstream.urls",
+                    value: err.to_string(),
+                    allowed: "http://IP:PORT/path or http://localhost:PORT/path",
+                })?;
+            urls.push(UpstreamTarget {
+                text: text.clone(),
+                url,
+            });
+        }
+        if backend == BackendKind::Http && urls.is_empty() {
+            return Err(ConfigError::Range {
+                key: "upstream.urls",
+                value: "[]".to_owned(),
+                allowed: "at least one URL when backend = \"http\"",
+            });
+        }
+        check_range(
+            "upstream.batch_max",
+            settings.batch_max,
+            1,
+            10_000,
+            "1 to 10000",
+        )?;
+        check_range(
+            "upstream.batch_delay_ms",
+            usize::try_from(settings.batch_delay_ms).unwrap_or(usize::MAX),
+            0,
+            10_000,
+            "0 to 10000 ms",
+        )?;
+        check_range(
+            "upstream.timeout_ms",
+            usize::try_from(settings.timeout_ms).unwrap_or(usize::MAX),
+            1,
+            600_000,
+            "1 to 600000 ms",
+        )?;
+        check_range(
+            "upstream.backoff_ms",
+            usize::try_from(settings.backoff_ms).unwrap_or(usize::MAX),
+            0,
+            3_600_000,
+            "0 to 3600000 ms",
+        )?;
+        check_range(
+            "upstream.max_pending_messages",
+            settings.max_pending_messages,
+            1,
+            10_000_000,
+            "1 to 10000000",
+        )?;
+        Ok(Self {
+            urls,
+            batch_max: settings.batch_max,
+            batch_delay: Duration::from_millis(settings.batch_delay_ms),
+            timeout: Duration::from_millis(settings.timeout_ms),
+            backoff: Duration::from_millis(settings.backoff_ms),
+            max_pending_messages: settings.max_pending_messages,
+        })
     }
 }
 
@@ -791,6 +948,50 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, std::path::Path::new("test.toml"))
+    }
+
+    #[test]
+    fn http_backend_reads_upstream_table_with_defaults() {
+        let config =
+            parse("backend = \"http\"\n[upstream]\nurls = [\"http://127.0.0.1:8081/in\"]\n")
+                .unwrap();
+        assert_eq!(config.backend, BackendKind::Http);
+        let upstream = &config.upstream;
+        assert_eq!(upstream.urls.len(), 1);
+        assert_eq!(upstream.urls[0].url.path, "/in");
+        assert_eq!(upstream.batch_max, 64);
+        assert_eq!(upstream.batch_delay, Duration::from_millis(1));
+        assert_eq!(upstream.timeout, Duration::from_millis(2000));
+        assert_eq!(upstream.backoff, Duration::from_millis(1000));
+        assert_eq!(upstream.max_pending_messages, 10_000);
+        assert_eq!(config.push_api_key_env, "FRAMEGATE_PUSH_KEY");
+        assert!(config.to_string().contains("backend = \"http\""));
+    }
+
+    #[test]
+    fn http_backend_without_urls_fails() {
+        let err = parse("backend = \"http\"\n").unwrap_err();
+        assert!(err.to_string().contains("upstream.urls"), "{err}");
+    }
+
+    #[test]
+    fn http_backend_invalid_settings_fail() {
+        let base = "backend = \"http\"\n[upstream]\nurls = [\"http://127.0.0.1:1/\"]\n";
+        for (extra, key) in [
+            ("batch_max = 0\n", "upstream.batch_max"),
+            ("timeout_ms = 0\n", "upstream.timeout_ms"),
+            (
+                "max_pending_messages = 0\n",
+                "upstream.max_pending_messages",
+            ),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.to_string().contains(key), "{extra}: {err}");
+        }
+        let err = parse("backend = \"http\"\n[upstream]\nurls = [\"https://a:1/\"]\n").unwrap_err();
+        assert!(err.to_string().contains("upstream.urls"), "{err}");
+        let err = parse(&format!("json = false\n{base}")).unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/healthz` and `/readyz` on a separate address (default
-//! 127.0.0.1:9090), away from the public port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz` and the push API (`/v1/...`) on a
+//! separate address (default 127.0.0.1:9090), away from the public port.
 //!
 //! Admin traffic is a few requests per scrape interval, so one plain thread with blocking
 //! sockets serves it, one request per connection, and the workers never see it.
@@ -10,8 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::Shared;
+use serde::Deserialize;
 
+use super::{AdminOp, AdminReply, AdminRequest, ConnState, Shared, WorkerMsg};
+use crate::frame::CloseCode;
+
+/// Largest admin request body (bytes); larger bodies get 413.
+const MAX_ADMIN_BODY: usize = 1 << 20;
 /// Largest admin request head read; longer requests get 431.
 const MAX_ADMIN_REQUEST: usize = 8192;
 /// Time a client has to send its whole request and read the response.
@@ -33,7 +38,7 @@ pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resu
                             active.fetch_sub(1, Ordering::Relaxed);
                             let _ = stream.set_write_timeout(Some(ADMIN_REQUEST_DEADLINE));
                             let _ =
-                                respond(&mut stream, 503, "text/plain", "admin listener busy\n");
+                                respond(&mut stream, &Reply::text(503, "admin listener busy\n"));
                             continue;
                         }
                         let shared = Arc::clone(&shared);
@@ -63,71 +68,417 @@ pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resu
 fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let deadline = Instant::now() + ADMIN_REQUEST_DEADLINE;
     stream.set_write_timeout(Some(ADMIN_REQUEST_DEADLINE))?;
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
-        if head.len() > MAX_ADMIN_REQUEST {
-            return respond(&mut stream, 431, "text/plain", "request head too large\n");
+    let mut data = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    let head_len = loop {
+        if let Some(at) = data.windows(4).position(|window| window == b"\r\n\r\n") {
+            break at + 4;
         }
-        // The deadline covers the whole request, so a byte-at-a-time client cannot hold on.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if data.len() > MAX_ADMIN_REQUEST {
+            return respond(&mut stream, &Reply::text(431, "request head too large\n"));
+        }
+        if !read_some(&mut stream, &mut data, &mut chunk, deadline)? {
             return Ok(());
         }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        head.extend_from_slice(&chunk[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let method = parts.next().unwrap_or_default();
-    let target = parts.next().unwrap_or_default();
-    let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-    if method != b"GET" {
-        return respond(&mut stream, 405, "text/plain", "only GET is supported\n");
-    }
-    match path {
-        b"/healthz" => respond(&mut stream, 200, "text/plain", "ok\n"),
-        b"/readyz" if shared.is_ready() => respond(&mut stream, 200, "text/plain", "ready\n"),
-        b"/readyz" => respond(&mut stream, 503, "text/plain", "not ready\n"),
-        b"/metrics" => {
-            let body = super::render_metrics(shared);
-            respond(
-                &mut stream,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
-        }
-        _ => respond(
+    };
+
+    let Some(head) = parse_head(data.get(..head_len).unwrap_or_default()) else {
+        return respond(&mut stream, &Reply::text(400, "invalid request head\n"));
+    };
+    if head.content_length > MAX_ADMIN_BODY {
+        return respond(
             &mut stream,
+            &Reply::text(413, "request body above 1048576 bytes\n"),
+        );
+    }
+
+    let body_end = head_len + head.content_length;
+    while data.len() < body_end {
+        if !read_some(&mut stream, &mut data, &mut chunk, deadline)? {
+            return Ok(());
+        }
+    }
+
+    let body = data.get(head_len..body_end).unwrap_or_default();
+    let reply = route(shared, &head, body);
+    respond(&mut stream, &reply)
+}
+
+/// Reads once into `data`; false at end of stream or when the deadline has passed. The
+/// deadline covers the whole request, so a byte-at-a-time client cannot hold on.
+fn read_some(
+    stream: &mut TcpStream,
+    data: &mut Vec<u8>,
+    chunk: &mut [u8],
+    deadline: Instant,
+) -> std::io::Result<bool> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Ok(false);
+    }
+    stream.set_read_timeout(Some(left))?;
+    let n = stream.read(chunk)?;
+    if n == 0 {
+        return Ok(false);
+    }
+    data.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    Ok(true)
+}
+
+/// The parts of an admin request head that the routes use.
+struct Head {
+    method: String,
+    path: String,
+    authorization: Option<Vec<u8>>,
+    content_length: usize,
+}
+
+fn parse_head(bytes: &[u8]) -> Option<Head> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(bytes) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return None,
+    }
+    let method = request.method?.to_owned();
+    let target = request.path?;
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let mut authorization = None;
+    let mut content_length = 0;
+    for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(header.value.to_vec());
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            content_length = std::str::from_utf8(header.value)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            // Only Content-Length bodies are read.
+            return None;
+        }
+    }
+    Some(Head {
+        method,
+        path,
+        authorization,
+        content_length,
+    })
+}
+
+/// A response to write.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: String,
+    /// One extra header line, without CRLF.
+    extra_header: Option<&'static str>,
+}
+
+impl Reply {
+    fn text(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            content_type: "text/plain",
+            body: body.to_owned(),
+            extra_header: None,
+        }
+    }
+
+    fn json(status: u16, body: String) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body,
+            extra_header: None,
+        }
+    }
+
+    fn error(status: u16, message: &str) -> Self {
+        Self::json(status, serde_json::json!({ "error": message }).to_string())
+    }
+}
+
+fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
+    if head.path.starts_with("/v1/") {
+        return push_route(shared, head, body);
+    }
+    let known = matches!(head.path.as_str(), "/healthz" | "/readyz" | "/metrics");
+    if known && head.method != "GET" {
+        return Reply::text(405, "only GET is supported\n");
+    }
+    match head.path.as_str() {
+        "/healthz" => Reply::text(200, "ok\n"),
+        "/readyz" if shared.is_ready() => Reply::text(200, "ready\n"),
+        "/readyz" => Reply::text(503, "not ready\n"),
+        "/metrics" => Reply {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            body: super::render_metrics(shared),
+            extra_header: None,
+        },
+        _ => Reply::text(404, "not found; try /metrics, /healthz or /readyz\n"),
+    }
+}
+
+/// Time the admin listener waits for every worker to reply to a push API request.
+const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `POST /v1/push` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    users: Vec<String>,
+    message: serde_json::Value,
+}
+
+/// `POST /v1/disconnect` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    #[serde(default)]
+    connection_ids: Vec<u64>,
+    #[serde(default)]
+    users: Vec<String>,
+    code: Option<u16>,
+    reason: Option<String>,
+}
+
+/// Close code used when a request does not name one (application range, RFC 6455 §7.4.2).
+const DEFAULT_DISCONNECT_CODE: u16 = 4000;
+
+/// Routes `/v1/...`: off (404) without a key, 401 without the right bearer key.
+fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
+    let Some(key) = &shared.push_key else {
+        return Reply::error(
             404,
-            "text/plain",
-            "not found; try /metrics, /healthz or /readyz\n",
+            "not found: the push API is off because its key variable is unset",
+        );
+    };
+    if !bearer_matches(head.authorization.as_deref(), key.as_bytes()) {
+        let mut reply = Reply::error(401, "missing or wrong bearer key for the push API");
+        reply.extra_header = Some("WWW-Authenticate: Bearer");
+        return reply;
+    }
+    let path = head.path.as_str();
+    if let Some(id) = path.strip_prefix("/v1/connections/") {
+        let Ok(id) = id.parse::<u64>() else {
+            return Reply::error(404, "unknown connection id");
+        };
+        return match head.method.as_str() {
+            "POST" => push_connection(shared, id, body),
+            "DELETE" => close_connection(shared, id),
+            _ => Reply::error(
+                405,
+                "use POST to send to a connection or DELETE to close it",
+            ),
+        };
+    }
+    match (head.method.as_str(), path) {
+        ("POST", "/v1/push") => push_users(shared, body),
+        ("POST", "/v1/disconnect") => disconnect(shared, body),
+        (_, "/v1/push" | "/v1/disconnect") => Reply::error(405, "use POST"),
+        _ => Reply::error(
+            404,
+            "not found; try /v1/push, /v1/connections/{id} or /v1/disconnect",
         ),
     }
 }
 
-fn respond(
-    stream: &mut TcpStream,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> std::io::Result<()> {
-    let reason = match status {
+/// Compares the bearer token with `key` in time independent of where they differ.
+fn bearer_matches(authorization: Option<&[u8]>, key: &[u8]) -> bool {
+    let Some(token) = authorization.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    if token.len() != key.len() {
+        return false;
+    }
+    token
+        .iter()
+        .zip(key)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+fn push_users(shared: &Shared, body: &[u8]) -> Reply {
+    let request: PushBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(err) => {
+            return Reply::error(
+                400,
+                &format!(
+                    "invalid push body: {err}; expected {{\"users\":[...],\"message\":{{...}}}}"
+                ),
+            );
+        }
+    };
+    let frame = super::worker::text_frame(request.message.to_string().as_bytes());
+    let users = request.users;
+    let reply = match broadcast(shared, || AdminOp::PushUsers {
+        users: users.clone(),
+        frame: frame.clone(),
+    }) {
+        Ok(reply) => reply,
+        Err(reply) => return reply,
+    };
+    counts_reply(202, &reply, "none of the users has an open connection")
+}
+
+fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
+    let message: serde_json::Value = match serde_json::from_slice(body) {
+        Ok(message) => message,
+        Err(err) => {
+            return Reply::error(
+                400,
+                &format!("invalid message body: {err}; expected one JSON value"),
+            );
+        }
+    };
+    let frame = super::worker::text_frame(message.to_string().as_bytes());
+    let reply = match broadcast(shared, || AdminOp::PushConns {
+        conns: vec![id],
+        frame: frame.clone(),
+    }) {
+        Ok(reply) => reply,
+        Err(reply) => return reply,
+    };
+    single_connection_reply(202, &reply)
+}
+
+fn close_connection(shared: &Shared, id: u64) -> Reply {
+    let reply = match broadcast(shared, || AdminOp::Close {
+        conns: vec![id],
+        users: Vec::new(),
+        code: CloseCode::NORMAL,
+        reason: "closed by the application".to_owned(),
+    }) {
+        Ok(reply) => reply,
+        Err(reply) => return reply,
+    };
+    single_connection_reply(200, &reply)
+}
+
+fn disconnect(shared: &Shared, body: &[u8]) -> Reply {
+    let request: DisconnectBody = match serde_json::from_slice(body) {
+        Ok(request) => request,
+        Err(err) => {
+            return Reply::error(
+                400,
+                &format!(
+                    "invalid disconnect body: {err}; expected {{\"connection_ids\":[...]}} or {{\"users\":[...]}}"
+                ),
+            );
+        }
+    };
+    let code = request.code.unwrap_or(DEFAULT_DISCONNECT_CODE);
+    if !(4000..=4999).contains(&code) {
+        return Reply::error(400, &format!("invalid close code {code}: use 4000 to 4999"));
+    }
+    if request.connection_ids.is_empty() && request.users.is_empty() {
+        return Reply::error(400, "name at least one connection id or user");
+    }
+    let reason = request.reason.unwrap_or_default();
+    let reason = crate::conn::truncate_reason(&reason).to_owned();
+    let reply = match broadcast(shared, || AdminOp::Close {
+        conns: request.connection_ids.clone(),
+        users: request.users.clone(),
+        code: CloseCode(code),
+        reason: reason.clone(),
+    }) {
+        Ok(reply) => reply,
+        Err(reply) => return reply,
+    };
+    counts_reply(200, &reply, "none of the connections or users is open")
+}
+
+/// `status` with the counts, or 404 when nothing was reached.
+fn counts_reply(status: u16, reply: &AdminReply, none_message: &str) -> Reply {
+    if reply.connections == 0 {
+        return Reply::error(404, none_message);
+    }
+    Reply::json(
+        status,
+        serde_json::json!({ "users": reply.users, "connections": reply.connections }).to_string(),
+    )
+}
+
+/// `status` for an open connection, 410 for one that was closed, 404 for an unknown id.
+fn single_connection_reply(status: u16, reply: &AdminReply) -> Reply {
+    match reply
+        .conn_states
+        .first()
+        .copied()
+        .unwrap_or(ConnState::Unknown)
+    {
+        ConnState::Open => Reply::json(
+            status,
+            serde_json::json!({ "connections": reply.connections }).to_string(),
+        ),
+        ConnState::Closed => Reply::error(410, "the connection is closed"),
+        ConnState::Unknown => Reply::error(404, "unknown connection id"),
+    }
+}
+
+/// Sends `make()` to every worker and merges their replies.
+fn broadcast(shared: &Shared, make: impl Fn() -> AdminOp) -> Result<AdminReply, Reply> {
+    let mut receivers = Vec::with_capacity(shared.inboxes.len());
+    for inbox in &shared.inboxes {
+        let (reply, receiver) = std::sync::mpsc::channel();
+        let request = AdminRequest { op: make(), reply };
+        if inbox.try_send(WorkerMsg::Admin(request)).is_err() {
+            return Err(Reply::error(503, "a worker queue is full; retry shortly"));
+        }
+        receivers.push(receiver);
+    }
+    let deadline = Instant::now() + WORKER_REPLY_TIMEOUT;
+    let mut merged = AdminReply::default();
+    for receiver in receivers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(reply) = receiver.recv_timeout(left) else {
+            return Err(Reply::error(
+                503,
+                "a worker did not answer in time; retry shortly",
+            ));
+        };
+        merged.users += reply.users;
+        merged.connections += reply.connections;
+        if merged.conn_states.len() < reply.conn_states.len() {
+            merged
+                .conn_states
+                .resize(reply.conn_states.len(), ConnState::Unknown);
+        }
+        for (slot, state) in merged.conn_states.iter_mut().zip(reply.conn_states) {
+            *slot = (*slot).max(state);
+        }
+    }
+    Ok(merged)
+}
+
+fn respond(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
+    let reason = match reply.status {
         200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        410 => "Gone",
+        413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Error",
     };
+    let extra = reply
+        .extra_header
+        .map(|line| format!("{line}\r\n"))
+        .unwrap_or_default();
     let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+        reply.status,
+        reply.content_type,
+        reply.body.len(),
+        reply.body
     );
     stream.write_all(response.as_bytes())?;
     let _ = stream.shutdown(std::net::Shutdown::Write);

@@ -55,6 +55,11 @@ pub(crate) struct ConnHandle {
     close_code: Cell<Option<u16>>,
     /// The connection was closed for exceeding `max_outbound_bytes`.
     slow_consumer: Cell<bool>,
+    /// Sequence number of the last message forwarded to an application server.
+    last_seq: Cell<u64>,
+    /// The reader is waiting for room in the queue to the application servers, so the peer's
+    /// frames (pongs included) stay unread and the pong timeout must not apply.
+    pub waiting_for_room: Cell<bool>,
 }
 
 impl ConnHandle {
@@ -73,6 +78,8 @@ impl ConnHandle {
             token_exp,
             close_code: Cell::new(None),
             slow_consumer: Cell::new(false),
+            last_seq: Cell::new(0),
+            waiting_for_room: Cell::new(false),
             id,
             user,
             stream,
@@ -83,6 +90,13 @@ impl ConnHandle {
             dead: Cell::new(false),
             max_outbound_bytes: Cell::new(usize::MAX),
         }
+    }
+
+    /// Allocates the next message sequence number of this connection (from 1).
+    pub(crate) fn next_seq(&self) -> u64 {
+        let seq = self.last_seq.get() + 1;
+        self.last_seq.set(seq);
+        seq
     }
 
     /// True once the connection is closing or gone.
@@ -189,6 +203,23 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
     let mut closing = false;
 
     loop {
+        // Back-pressure: while the worker's queue to the application servers is full, this
+        // connection's bytes stay unread, so TCP flow control slows the client.
+        if !buf.is_empty() && worker.upstream_full() {
+            handle.waiting_for_room.set(true);
+            tokio::select! {
+                biased;
+                _ = handle.reader_wake.notified() => {}
+                _ = worker.wait_for_upstream_room() => {}
+            }
+            handle.waiting_for_room.set(false);
+            // The wait was the server's doing: the peer gets a full ping interval again.
+            handle.last_read_at.set(Instant::now());
+            handle.ping_sent_at.set(None);
+            if handle.close_after_flush.get() {
+                break;
+            }
+        }
         let now = Instant::now();
         while !buf.is_empty() && !closing {
             let started = Instant::now();

@@ -36,7 +36,7 @@ use crate::ratelimit::{Decision, TokenBucket};
 use crate::shard::Ring;
 
 pub use uring::{explain_setup_error, probe};
-pub(crate) use worker::WorkerMsg;
+pub(crate) use worker::{AdminOp, AdminReply, AdminRequest, ConnState, WorkerMsg};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +76,8 @@ pub(crate) struct Shared {
     pub drain_signals: Vec<Arc<Notify>>,
     /// One per worker, written only by that worker, summed when read.
     pub metrics: Vec<WorkerMetrics>,
+    /// Bearer key of the push API, read once at start; `None` turns the push API off.
+    pub push_key: Option<String>,
 }
 
 impl Shared {
@@ -414,6 +416,9 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
         pending_upgrades: AtomicUsize::new(0),
         drain_signals: (0..workers).map(|_| Arc::new(Notify::new())).collect(),
         metrics: (0..workers).map(|_| WorkerMetrics::new()).collect(),
+        push_key: std::env::var(&config.push_api_key_env)
+            .ok()
+            .filter(|key| !key.is_empty()),
         config,
     });
 

@@ -3,6 +3,7 @@
 //! workers.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ahash::AHashMap;
 use bytes::{Buf, Bytes, BytesMut};
 use rand::Rng;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::{TcpListener, TcpStream};
 use tracing::Instrument;
@@ -27,6 +28,8 @@ use crate::frame::{CloseCode, OpCode, encode};
 use crate::handshake::{self, RejectReason};
 use crate::message;
 use crate::ratelimit::{Decision, TokenBucket};
+use crate::upstream::client::Connection;
+use crate::upstream::{self, Envelope, Pool, Target};
 
 /// Most messages taken from the inbox per wake-up.
 const INBOX_BATCH: usize = 256;
@@ -43,6 +46,50 @@ pub(crate) enum WorkerMsg {
     },
     /// An error frame for one connection of this worker (for example `recipient_offline`).
     Notify { conn: u64, frame: Bytes },
+    /// A push API request. Every worker gets it and replies for the connections and users it owns.
+    Admin(AdminRequest),
+}
+
+/// A push API operation sent by the admin listener to each worker.
+pub(crate) struct AdminRequest {
+    pub op: AdminOp,
+    pub reply: std::sync::mpsc::Sender<AdminReply>,
+}
+
+pub(crate) enum AdminOp {
+    /// Close these connections, and every connection of these users.
+    Close {
+        conns: Vec<u64>,
+        users: Vec<String>,
+        code: CloseCode,
+        reason: String,
+    },
+    /// Queue `frame` on these connections.
+    PushConns { conns: Vec<u64>, frame: Bytes },
+    /// Queue `frame` on every connection of these users.
+    PushUsers { users: Vec<String>, frame: Bytes },
+}
+
+/// The state of a connection id as seen by one worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum ConnState {
+    /// Never allocated by the worker that would have allocated it.
+    Unknown,
+    /// Allocated, but no longer open (or closing).
+    Closed,
+    /// Open on this worker.
+    Open,
+}
+
+/// One worker's reply to an [`AdminRequest`].
+#[derive(Debug, Default)]
+pub(crate) struct AdminReply {
+    /// Users that had at least one connection reached.
+    pub users: usize,
+    /// Connections reached.
+    pub connections: usize,
+    /// The state of each requested connection id, in request order.
+    pub conn_states: Vec<ConnState>,
 }
 
 /// Where to report a failed delivery.
@@ -87,9 +134,52 @@ struct WarnGate {
     suppressed: u64,
 }
 
+/// Messages waiting for an application server on this worker (`backend = "http"`).
+pub(crate) struct Forwarder {
+    /// Envelopes in arrival order, with the time each was queued.
+    queue: RefCell<VecDeque<(Instant, Envelope)>>,
+    /// Messages queued or in flight; readers wait while it is at `max_pending`.
+    pending: Cell<usize>,
+    max_pending: usize,
+    /// Wakes the sending task when the queue gains a message.
+    wake: Notify,
+    /// Wakes readers waiting for room.
+    room: Notify,
+}
+
+impl Forwarder {
+    fn new(max_pending: usize) -> Self {
+        Self {
+            queue: RefCell::new(VecDeque::new()),
+            pending: Cell::new(0),
+            max_pending,
+            wake: Notify::new(),
+            room: Notify::new(),
+        }
+    }
+
+    fn push(&self, envelope: Envelope) {
+        self.queue
+            .borrow_mut()
+            .push_back((Instant::now(), envelope));
+        self.pending.set(self.pending.get() + 1);
+        self.wake.notify_one();
+    }
+
+    /// Marks `count` messages as done (acknowledged or sent an error frame) and wakes the
+    /// readers waiting for room.
+    fn release(&self, count: usize) {
+        self.pending.set(self.pending.get().saturating_sub(count));
+        if self.pending.get() < self.max_pending {
+            self.room.notify_waiters();
+        }
+    }
+}
+
 pub(crate) struct Worker {
     pub index: usize,
     pub shared: Arc<Shared>,
+    forwarder: Option<Rc<Forwarder>>,
     warn_gate: RefCell<WarnGate>,
     conns: RefCell<AHashMap<u64, Rc<ConnHandle>>>,
     users: RefCell<AHashMap<String, UserEntry>>,
@@ -139,8 +229,11 @@ pub(crate) fn run(
     runtime.block_on(async move {
         let listener = Rc::new(TcpListener::from_std(listener));
         let drain_signal = Arc::clone(&shared.drain_signals[index]);
+        let forwarder = (shared.config.backend == BackendKind::Http)
+            .then(|| Rc::new(Forwarder::new(shared.config.upstream.max_pending_messages)));
         let worker = Rc::new(Worker {
             index,
+            forwarder: forwarder.clone(),
             shared,
             conns: RefCell::new(AHashMap::new()),
             users: RefCell::new(AHashMap::new()),
@@ -149,6 +242,9 @@ pub(crate) fn run(
         });
         tokio_uring::spawn(inbox_loop(Rc::clone(&worker), inbox));
         tokio_uring::spawn(sweep_loop(Rc::clone(&worker)));
+        if let Some(forwarder) = forwarder {
+            tokio_uring::spawn(upstream_loop(Rc::clone(&worker), forwarder));
+        }
         let acceptor = tokio_uring::spawn(accept_loop(Rc::clone(&worker), Rc::clone(&listener)));
         worker.shared.workers_ready.fetch_add(1, Ordering::Relaxed);
         let _ = ready.send(Ok(()));
@@ -495,6 +591,11 @@ async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
                         handle.push_encoded(&frame);
                     }
                 }
+                WorkerMsg::Admin(request) => {
+                    let reply = worker.run_admin(request.op);
+                    // The admin listener may have given up waiting; nothing is lost then.
+                    let _ = request.reply.send(reply);
+                }
             }
         }
     }
@@ -562,6 +663,9 @@ impl Worker {
                 && now.saturating_duration_since(handle.last_message_at.get()) >= idle
             {
                 handle.close(CloseCode::GOING_AWAY, "idle timeout");
+                continue;
+            }
+            if handle.waiting_for_room.get() {
                 continue;
             }
             match handle.ping_sent_at.get() {
@@ -788,7 +892,283 @@ impl Worker {
                     };
                     sender.push_frame(opcode, &message.payload);
                 }
+                BackendKind::Http => self.forward(sender, &message),
                 BackendKind::Relay => self.relay(sender, message),
+            }
+        }
+    }
+
+    /// Applies a push API operation to the connections and users of this worker.
+    fn run_admin(&self, op: AdminOp) -> AdminReply {
+        let mut reply = AdminReply::default();
+        match op {
+            AdminOp::PushUsers { users, frame } => {
+                for user in &users {
+                    let delivered = self.deliver_local(user, &frame);
+                    if delivered > 0 {
+                        reply.users += 1;
+                        reply.connections += delivered;
+                    }
+                }
+            }
+            AdminOp::PushConns { conns, frame } => {
+                for id in conns {
+                    let state = self.conn_state(id);
+                    if state == ConnState::Open
+                        && let Some(handle) = self.conns.borrow().get(&id)
+                        && handle.push_encoded(&frame)
+                    {
+                        reply.connections += 1;
+                    }
+                    reply.conn_states.push(state);
+                }
+            }
+            AdminOp::Close {
+                conns,
+                users,
+                code,
+                reason,
+            } => {
+                let mut targets: Vec<Rc<ConnHandle>> = Vec::new();
+                for id in conns {
+                    let state = self.conn_state(id);
+                    if state == ConnState::Open
+                        && let Some(handle) = self.conns.borrow().get(&id)
+                    {
+                        targets.push(Rc::clone(handle));
+                    }
+                    reply.conn_states.push(state);
+                }
+                {
+                    let registry = self.users.borrow();
+                    let conns = self.conns.borrow();
+                    for user in &users {
+                        let Some(entry) = registry.get(user) else {
+                            continue;
+                        };
+                        let before = targets.len();
+                        targets.extend(
+                            entry
+                                .conns
+                                .iter()
+                                .filter_map(|id| conns.get(id))
+                                .filter(|handle| !handle.is_closing())
+                                .cloned(),
+                        );
+                        if targets.len() > before {
+                            reply.users += 1;
+                        }
+                    }
+                }
+                for handle in targets {
+                    if !handle.is_closing() {
+                        handle.close(code, &reason);
+                        reply.connections += 1;
+                    }
+                }
+            }
+        }
+        reply
+    }
+
+    /// Returns the state of connection `id` as seen from this worker. Ids are allocated in order
+    /// by the accepting worker (`id >> 48`), so an id at or below that worker's last
+    /// allocated one that is open nowhere has been closed.
+    fn conn_state(&self, id: u64) -> ConnState {
+        if let Some(handle) = self.conns.borrow().get(&id) {
+            if handle.is_closing() {
+                return ConnState::Closed;
+            }
+            return ConnState::Open;
+        }
+        let allocator = usize::try_from(id >> 48).unwrap_or(usize::MAX);
+        let local = id & ((1 << 48) - 1);
+        if allocator == self.index && local > 0 && local <= self.next_conn.get() {
+            return ConnState::Closed;
+        }
+        ConnState::Unknown
+    }
+
+    /// Queues a message for the application servers.
+    fn forward(&self, sender: &ConnHandle, message: &Accepted) {
+        let Some(forwarder) = &self.forwarder else {
+            return;
+        };
+        let envelope = upstream::encode_envelope(
+            self.index,
+            sender.id,
+            sender.next_seq(),
+            &sender.user,
+            unix_now_millis(),
+            &message.payload,
+            message.id.clone(),
+        );
+        forwarder.push(envelope);
+    }
+
+    /// True when the queue to the application servers has reached `max_pending_messages`.
+    pub(crate) fn upstream_full(&self) -> bool {
+        self.forwarder
+            .as_ref()
+            .is_some_and(|forwarder| forwarder.pending.get() >= forwarder.max_pending)
+    }
+
+    /// Resolves at once unless the queue to the application servers is full; then resolves
+    /// when it has room again.
+    pub(crate) async fn wait_for_upstream_room(&self) {
+        let Some(forwarder) = &self.forwarder else {
+            return;
+        };
+        loop {
+            let notified = forwarder.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if forwarder.pending.get() < forwarder.max_pending {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Sends one batch to the first healthy upstream that takes it, trying each upstream at
+    /// most once, and sends each sender an error frame when none does.
+    async fn send_batch(
+        &self,
+        connections: &mut [Connection],
+        pool: &mut Pool,
+        batch: &[Envelope],
+    ) {
+        let settings = &self.shared.config.upstream;
+        let mut tried = vec![false; connections.len()];
+        while let Some(index) = pool.pick(Instant::now(), &tried) {
+            if let Some(slot) = tried.get_mut(index) {
+                *slot = true;
+            }
+            let Some(connection) = connections.get_mut(index) else {
+                break;
+            };
+            let request = upstream::encode_request(connection.url(), batch);
+            let failure = match connection.send(&request, settings.timeout).await {
+                Ok(response) if (200..300).contains(&response.status) => {
+                    pool.mark_up(index);
+                    self.apply_deliveries(&response.body);
+                    return;
+                }
+                Ok(response) if (400..500).contains(&response.status) => {
+                    if let Some(suppressed) = self.warn_gate() {
+                        tracing::warn!(
+                            worker = self.index,
+                            upstream = index,
+                            status = response.status,
+                            messages = batch.len(),
+                            suppressed,
+                            "application server rejected a batch"
+                        );
+                    }
+                    self.answer_batch(
+                        batch,
+                        "upstream_rejected",
+                        &format!(
+                            "the application server rejected the message (HTTP {})",
+                            response.status
+                        ),
+                    );
+                    return;
+                }
+                Ok(response) => format!("HTTP status {}", response.status),
+                Err(err) => err.to_string(),
+            };
+            pool.mark_down(index, Instant::now(), settings.backoff);
+            if let Some(suppressed) = self.warn_gate() {
+                tracing::warn!(worker = self.index, upstream = index, error = %failure, backoff_ms = settings.backoff.as_millis(), suppressed, "application server failed; trying the next one");
+            }
+        }
+        self.answer_batch(
+            batch,
+            "upstream_unavailable",
+            "no application server accepted the message; retry later",
+        );
+    }
+
+    /// Sends an error frame with `code` for every message of `batch` to its sender.
+    fn answer_batch(&self, batch: &[Envelope], code: &str, detail: &str) {
+        let conns = self.conns.borrow();
+        for envelope in batch {
+            if let Some(handle) = conns.get(&envelope.conn) {
+                handle.push_encoded(&error_frame(code, detail, envelope.client_id.as_ref()));
+            }
+        }
+    }
+
+    /// Delivers the messages in a 2xx response body through their owning workers.
+    fn apply_deliveries(&self, body: &[u8]) {
+        let (deliveries, invalid) = upstream::parse_deliveries(body);
+        if invalid > 0
+            && let Some(suppressed) = self.warn_gate()
+        {
+            tracing::warn!(
+                worker = self.index,
+                lines = invalid,
+                suppressed,
+                "ignored invalid delivery lines in an application response"
+            );
+        }
+        for delivery in deliveries {
+            let frame = text_frame(delivery.message.as_bytes());
+            match delivery.target {
+                Target::User(user) => {
+                    self.deliver_user(user, frame);
+                }
+                Target::Connection(conn) => self.deliver_conn(conn, &frame),
+            }
+        }
+    }
+
+    /// Delivers `frame` to every connection of `user`, on the worker that owns the user.
+    /// Returns false when the owner's inbox is full.
+    pub(crate) fn deliver_user(&self, user: String, frame: Bytes) -> bool {
+        let owner = self.shared.ring.owner(user.as_bytes());
+        if owner == self.index {
+            self.deliver_local(&user, &frame);
+            return true;
+        }
+        let delivery = WorkerMsg::Deliver {
+            to: user,
+            frame,
+            reply: None,
+        };
+        if self.shared.inboxes[owner].try_send(delivery).is_err() {
+            self.metrics().queue_full.inc();
+            if let Some(suppressed) = self.warn_gate() {
+                tracing::warn!(
+                    worker = self.index,
+                    owner,
+                    suppressed,
+                    "delivery queue full; application delivery dropped"
+                );
+            }
+            return false;
+        }
+        true
+    }
+
+    /// Delivers `frame` to connection `conn`, which may live on any worker because the
+    /// accepting worker allocates the id and the owning worker runs the connection.
+    fn deliver_conn(&self, conn: u64, frame: &Bytes) {
+        if let Some(handle) = self.conns.borrow().get(&conn) {
+            handle.push_encoded(frame);
+            return;
+        }
+        for (target, inbox) in self.shared.inboxes.iter().enumerate() {
+            if target == self.index {
+                continue;
+            }
+            let notice = WorkerMsg::Notify {
+                conn,
+                frame: frame.clone(),
+            };
+            if inbox.try_send(notice).is_err() {
+                self.metrics().queue_full.inc();
             }
         }
     }
@@ -853,6 +1233,49 @@ impl Worker {
             sender.push_encoded(&error);
         }
     }
+}
+
+/// Sends batches from the worker's queue to the application servers, one batch in flight at
+/// a time, so each connection's messages reach the servers in order.
+async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
+    let settings = &worker.shared.config.upstream;
+    let mut connections: Vec<Connection> = settings
+        .urls
+        .iter()
+        .map(|target| Connection::new(target.url.clone()))
+        .collect();
+    let mut pool = Pool::new(connections.len());
+    let mut batch = Vec::with_capacity(settings.batch_max);
+    loop {
+        let first_queued_at = forwarder.queue.borrow().front().map(|(at, _)| *at);
+        let Some(first_queued_at) = first_queued_at else {
+            forwarder.wake.notified().await;
+            continue;
+        };
+        // A batch that is not full waits up to batch_delay after its first message.
+        if forwarder.queue.borrow().len() < settings.batch_max {
+            let due = first_queued_at + settings.batch_delay;
+            if Instant::now() < due {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        {
+            let mut queue = forwarder.queue.borrow_mut();
+            let count = queue.len().min(settings.batch_max);
+            batch.extend(queue.drain(..count).map(|(_, envelope)| envelope));
+        }
+        worker.send_batch(&mut connections, &mut pool, &batch).await;
+        forwarder.release(batch.len());
+        batch.clear();
+    }
+}
+
+/// Encodes one unfragmented text frame.
+pub(crate) fn text_frame(text: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(text.len() + 10);
+    encode::encode_header(&mut frame, true, OpCode::Text, text.len());
+    frame.extend_from_slice(text);
+    frame.freeze()
 }
 
 /// Encodes an error frame for `code`, echoing the client's raw `id`.

@@ -1,0 +1,127 @@
+//! A minimal HTTP/1.1 client for the application servers: one keep-alive connection per
+//! upstream per worker, one request in flight on it, over `tokio::net::TcpStream` (the
+//! tokio IO driver runs inside each tokio-uring worker).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Request, Response, ResponseError, UpstreamUrl, parse_response};
+
+/// Largest response body read (bytes); a larger one fails the request.
+pub const MAX_RESPONSE_BODY: usize = 8 << 20;
+
+/// A request that got no usable response.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("connection closed before a complete response")]
+    Closed,
+    #[error("invalid response: {0}")]
+    Response(#[from] ResponseError),
+    #[error("read or write failed: {0}")]
+    Io(std::io::Error),
+    #[error("no response within {0:?}")]
+    Timeout(Duration),
+}
+
+/// One upstream and its kept-alive connection.
+pub struct Connection {
+    url: UpstreamUrl,
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+}
+
+impl Connection {
+    pub fn new(url: UpstreamUrl) -> Self {
+        Self {
+            url,
+            stream: None,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.url
+    }
+
+    /// Sends `request` and reads the response, all within `timeout`. A kept-alive
+    /// connection that the server closed while idle is reopened once before the request
+    /// counts as failed.
+    pub async fn send(
+        &mut self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let result = tokio::time::timeout(timeout, self.send_inner(request)).await;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        };
+        match &outcome {
+            Ok(response) if response.keep_alive => {}
+            _ => self.reset(),
+        }
+        outcome
+    }
+
+    async fn send_inner(&mut self, request: &Request) -> Result<Response, ClientError> {
+        if self.stream.is_some() {
+            match self.exchange(request).await {
+                // Nothing came back on a reused connection: the server most likely closed
+                // it while idle, so try once on a fresh one.
+                Err(ClientError::Closed | ClientError::Io(_)) if self.buf.is_empty() => {
+                    self.reset();
+                }
+                other => return other,
+            }
+        }
+        let stream = TcpStream::connect(self.url.addr)
+            .await
+            .map_err(ClientError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        self.stream = Some(stream);
+        self.exchange(request).await
+    }
+
+    async fn exchange(&mut self, request: &Request) -> Result<Response, ClientError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(ClientError::Closed);
+        };
+        self.buf.clear();
+        stream
+            .write_all(&request.head)
+            .await
+            .map_err(ClientError::Io)?;
+        stream
+            .write_all(&request.body)
+            .await
+            .map_err(ClientError::Io)?;
+        loop {
+            if let Some(response) = parse_response(&mut self.buf, MAX_RESPONSE_BODY)? {
+                // 1xx interim responses come before the final one.
+                if response.status >= 200 {
+                    return Ok(response);
+                }
+                continue;
+            }
+            self.buf.reserve(16 * 1024);
+            let read = stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(ClientError::Io)?;
+            if read == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// Drops the connection; the next request opens a new one.
+    pub fn reset(&mut self) {
+        self.stream = None;
+        self.buf.clear();
+    }
+}

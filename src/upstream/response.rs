@@ -1,0 +1,309 @@
+//! Parsing an application server's HTTP/1.1 response and the deliveries in its body.
+//!
+//! Bodies are framed by `Content-Length` or `Transfer-Encoding: chunked` (RFC 9112 §6);
+//! a response without either ends at connection close, which this client does not wait for,
+//! so such a response is rejected.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::Deserialize;
+
+/// Most response header fields read.
+const MAX_HEADERS: usize = 64;
+
+/// A response that cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    #[error("response body above {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("invalid chunked body")]
+    Chunked,
+    #[error("invalid Content-Length")]
+    ContentLength,
+    #[error("invalid response head")]
+    Head,
+    #[error("response without Content-Length or chunked encoding")]
+    NoLength,
+}
+
+/// A complete response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Bytes,
+    /// False when the server sent `Connection: close`.
+    pub keep_alive: bool,
+}
+
+/// Parses one response from the front of `buf`. Returns `Ok(None)` until it is complete,
+/// then removes it from `buf`. Bodies above `max_body` bytes fail.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    max_body: usize,
+) -> Result<Option<Response>, ResponseError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let head_len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(ResponseError::Head),
+    };
+    let status = parsed.code.ok_or(ResponseError::Head)?;
+    let mut content_length = None;
+    let mut chunked = false;
+    let mut keep_alive = parsed.version == Some(1);
+    for header in parsed.headers.iter() {
+        if header.name.eq_ignore_ascii_case("content-length") {
+            let text =
+                std::str::from_utf8(header.value).map_err(|_| ResponseError::ContentLength)?;
+            let length: usize = text
+                .trim()
+                .parse()
+                .map_err(|_| ResponseError::ContentLength)?;
+            if content_length.is_some_and(|known| known != length) {
+                return Err(ResponseError::ContentLength);
+            }
+            content_length = Some(length);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = header
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if header.name.eq_ignore_ascii_case("connection")
+            && header
+                .value
+                .split(|&b| b == b',')
+                .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+        {
+            keep_alive = false;
+        }
+    }
+
+    // 1xx, 204 and 304 responses have no body (RFC 9112 §6.3).
+    let bodiless = status < 200 || status == 204 || status == 304;
+    if bodiless {
+        buf.advance(head_len);
+        return Ok(Some(Response {
+            status,
+            body: Bytes::new(),
+            keep_alive,
+        }));
+    }
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
+    if chunked {
+        let Some((body, consumed)) =
+            decode_chunked(buf.get(head_len..).unwrap_or_default(), max_body)?
+        else {
+            return Ok(None);
+        };
+        buf.advance(head_len + consumed);
+        return Ok(Some(Response {
+            status,
+            body,
+            keep_alive,
+        }));
+    }
+    let Some(length) = content_length else {
+        return Err(ResponseError::NoLength);
+    };
+    if length > max_body {
+        return Err(ResponseError::BodyTooLarge { max: max_body });
+    }
+    let Some(end) = head_len.checked_add(length) else {
+        return Err(ResponseError::ContentLength);
+    };
+    if buf.len() < end {
+        return Ok(None);
+    }
+    buf.advance(head_len);
+    let body = buf.split_to(length).freeze();
+    Ok(Some(Response {
+        status,
+        body,
+        keep_alive,
+    }))
+}
+
+/// Decodes a chunked body; returns the body and the bytes it took, or `None` when partial.
+fn decode_chunked(input: &[u8], max_body: usize) -> Result<Option<(Bytes, usize)>, ResponseError> {
+    let mut body = BytesMut::new();
+    let mut at = 0;
+    loop {
+        let rest = input.get(at..).unwrap_or_default();
+        let (size_len, size) = match httparse::parse_chunk_size(rest) {
+            Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(ResponseError::Chunked),
+        };
+        at += size_len;
+        let size = usize::try_from(size).map_err(|_| ResponseError::Chunked)?;
+        if size == 0 {
+            // Trailer fields are not used; the body ends at the empty line after them.
+            let tail = input.get(at..).unwrap_or_default();
+            if tail.starts_with(b"\r\n") {
+                return Ok(Some((body.freeze(), at + 2)));
+            }
+            return match tail.windows(4).position(|window| window == b"\r\n\r\n") {
+                Some(end) => Ok(Some((body.freeze(), at + end + 4))),
+                None => Ok(None),
+            };
+        }
+        if body.len().saturating_add(size) > max_body {
+            return Err(ResponseError::BodyTooLarge { max: max_body });
+        }
+        let Some(chunk) = input.get(at..at.saturating_add(size)) else {
+            return Ok(None);
+        };
+        body.extend_from_slice(chunk);
+        at += size;
+        match input.get(at..at + 2) {
+            None => return Ok(None),
+            Some(b"\r\n") => at += 2,
+            Some(_) => return Err(ResponseError::Chunked),
+        }
+    }
+}
+
+/// Destination of a delivery from a response body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// One connection, by id.
+    Connection(u64),
+    /// Every open connection of a user.
+    User(String),
+}
+
+/// One delivery from a response body: a JSON text for a user or a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub target: Target,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct DeliveryLine {
+    to: Option<String>,
+    connection_id: Option<u64>,
+    message: serde_json::Value,
+}
+
+/// Parses NDJSON delivery lines: `{"to":"<user>","message":{...}}` or
+/// `{"connection_id":N,"message":{...}}`. Blank lines are skipped. Returns the deliveries
+/// and the number of lines that are neither form.
+pub fn parse_deliveries(body: &[u8]) -> (Vec<Delivery>, usize) {
+    let mut deliveries = Vec::new();
+    let mut invalid = 0;
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        let Ok(parsed) = serde_json::from_slice::<DeliveryLine>(line) else {
+            invalid += 1;
+            continue;
+        };
+        let target = match (parsed.to, parsed.connection_id) {
+            (Some(user), None) => Target::User(user),
+            (None, Some(conn)) => Target::Connection(conn),
+            _ => {
+                invalid += 1;
+                continue;
+            }
+        };
+        deliveries.push(Delivery {
+            target,
+            message: parsed.message.to_string(),
+        });
+    }
+    (deliveries, invalid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Option<Response>, ResponseError> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_response(&mut buf, 1024)
+    }
+
+    #[test]
+    fn parse_content_length_succeeds() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP"[..]);
+        let response = parse_response(&mut buf, 1024).unwrap().unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body[..], b"hi");
+        assert!(response.keep_alive);
+        assert_eq!(&buf[..], b"HTTP");
+    }
+
+    #[test]
+    fn parse_every_prefix_is_partial() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        for end in 0..text.len() {
+            assert!(parse(&text[..end]).unwrap().is_none(), "prefix {end}");
+        }
+        assert!(parse(text).unwrap().is_some());
+    }
+
+    #[test]
+    fn parse_chunked_succeeds() {
+        let text =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        for end in 0..text.len() {
+            assert!(parse(&text[..end]).unwrap().is_none(), "prefix {end}");
+        }
+        let response = parse(text).unwrap().unwrap();
+        assert_eq!(&response.body[..], b"abcde");
+    }
+
+    #[test]
+    fn parse_connection_close_clears_keep_alive() {
+        let response = parse("HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status, 503);
+        assert!(!response.keep_alive);
+    }
+
+    #[test]
+    fn parse_bad_responses_fail() {
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\n\r\n").unwrap_err(),
+            ResponseError::NoLength
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n").unwrap_err(),
+            ResponseError::BodyTooLarge { max: 1024 }
+        );
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").unwrap_err(),
+            ResponseError::ContentLength
+        );
+        assert_eq!(parse("garbage\r\n\r\n").unwrap_err(), ResponseError::Head);
+        assert_eq!(
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").unwrap_err(),
+            ResponseError::Chunked
+        );
+    }
+
+    #[test]
+    fn deliveries_parse_both_forms_and_count_invalid() {
+        let body = b"{\"to\":\"bob\",\"message\":{\"a\":1}}\n\n{\"connection_id\":7,\"message\":{\"b\":2}}\nnot json\n{\"message\":{}}\n";
+        let (deliveries, invalid) = parse_deliveries(body);
+        assert_eq!(invalid, 2);
+        assert_eq!(
+            deliveries,
+            vec![
+                Delivery {
+                    target: Target::User("bob".to_owned()),
+                    message: "{\"a\":1}".to_owned(),
+                },
+                Delivery {
+                    target: Target::Connection(7),
+                    message: "{\"b\":2}".to_owned(),
+                },
+            ]
+        );
+    }
+}

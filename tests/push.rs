@@ -1,0 +1,204 @@
+//! The push API on the admin listener: bearer-key authentication, pushes to users owned by
+//! different workers, pushes to and closes of single connections (404 for unknown ids, 410
+//! for closed ones), and disconnects with an application close code.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Once;
+
+use util::*;
+
+/// Variable read by the servers of this test binary for the push API key.
+const KEY_VAR: &str = "FRAMEGATE_TEST_PUSH_KEY";
+const KEY: &str = "push-test-key-0123456789";
+
+fn set_key() {
+    static SET: Once = Once::new();
+    SET.call_once(|| {
+        // SAFETY: only this function writes the environment in this test binary, once, and
+        // no other thread of the test reads or writes the environment while it runs (the
+        // servers read it in `runtime::start`, after this returns).
+        unsafe { std::env::set_var(KEY_VAR, KEY) };
+    });
+}
+
+fn push_server(workers: usize) -> Started {
+    set_key();
+    start_full(config(
+        workers,
+        &format!("push_api_key_env = {KEY_VAR:?}\nrate_per_sec = 0\n"),
+    ))
+}
+
+/// Sends an admin request with `key` as bearer key; returns (status, body).
+fn admin_request(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let authorization = key
+        .map(|key| format!("Authorization: Bearer {key}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\n{authorization}Content-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = connect(admin);
+    stream.write_all(request.as_bytes()).expect("write request");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let status = status_of(&response);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn next_text(client: &mut RawClient) -> serde_json::Value {
+    loop {
+        let frame = client.read_frame().expect("frame before close");
+        if frame.opcode == 0x1 {
+            return frame.json();
+        }
+    }
+}
+
+#[test]
+fn push_api_without_key_variable_returns_404() {
+    let started = start_full(config(
+        1,
+        "push_api_key_env = \"FRAMEGATE_TEST_PUSH_KEY_NEVER_SET\"\n",
+    ));
+    let admin = started.admin.expect("admin listener");
+    let (status, _) = admin_request(admin, "POST", "/v1/push", Some(KEY), "{}");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn push_api_wrong_or_missing_key_returns_401() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let body = r#"{"users":["a"],"message":{}}"#;
+    let (status, _) = admin_request(admin, "POST", "/v1/push", Some("wrong-key"), body);
+    assert_eq!(status, 401);
+    let (status, _) = admin_request(admin, "POST", "/v1/push", None, body);
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn push_users_on_different_workers_delivers_to_each() {
+    let workers = 3;
+    let started = push_server(workers);
+    let admin = started.admin.expect("admin listener");
+    let (alice, bob) = users_on_different_workers(workers);
+    let mut a1 = open(started.addr, &alice);
+    let mut a2 = open(started.addr, &alice);
+    let mut b = open(started.addr, &bob);
+
+    let body = serde_json::json!({
+        "users": [alice, bob, "nobody"],
+        "message": {"type": "notice", "text": "maintenance at noon"},
+    })
+    .to_string();
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), &body);
+    assert_eq!(status, 202, "{reply}");
+    let counts: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(counts["users"], 2);
+    assert_eq!(counts["connections"], 3);
+    for client in [&mut a1, &mut a2, &mut b] {
+        let message = next_text(client);
+        assert_eq!(message["type"], "notice");
+        assert_eq!(message["text"], "maintenance at noon");
+    }
+
+    let body = r#"{"users":["nobody"],"message":{"x":1}}"#;
+    let (status, _) = admin_request(admin, "POST", "/v1/push", Some(KEY), body);
+    assert_eq!(status, 404);
+    let (status, _) = admin_request(admin, "POST", "/v1/push", Some(KEY), "{\"users\":");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn push_connection_by_id_then_delete_then_410() {
+    // With one worker, ids are 1, 2, ... in accept order.
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let mut first = open(started.addr, "carol");
+    let _second = open(started.addr, "carol");
+
+    let (status, reply) = admin_request(
+        admin,
+        "POST",
+        "/v1/connections/1",
+        Some(KEY),
+        r#"{"only":"you"}"#,
+    );
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_text(&mut first)["only"], "you");
+
+    let (status, _) = admin_request(admin, "DELETE", "/v1/connections/1", Some(KEY), "");
+    assert_eq!(status, 200);
+    assert_eq!(first.expect_close(), 1000);
+    first.finish_close(1000);
+
+    let (status, _) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), "{}");
+    assert_eq!(status, 410);
+    let (status, _) = admin_request(admin, "DELETE", "/v1/connections/1", Some(KEY), "");
+    assert_eq!(status, 410);
+    let (status, _) = admin_request(admin, "POST", "/v1/connections/99", Some(KEY), "{}");
+    assert_eq!(status, 404);
+    let other_worker = (1u64 << 48) | 1;
+    let path = format!("/v1/connections/{other_worker}");
+    let (status, _) = admin_request(admin, "POST", &path, Some(KEY), "{}");
+    assert_eq!(status, 404);
+    let (status, _) = admin_request(admin, "POST", "/v1/connections/abc", Some(KEY), "{}");
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn disconnect_users_closes_with_code() {
+    let started = push_server(2);
+    let admin = started.admin.expect("admin listener");
+    let mut client = open(started.addr, "dave");
+
+    let body = r#"{"users":["dave"],"code":3000}"#;
+    let (status, _) = admin_request(admin, "POST", "/v1/disconnect", Some(KEY), body);
+    assert_eq!(status, 400, "codes outside 4000-4999 are rejected");
+
+    let body = r#"{"users":["dave"],"code":4321,"reason":"account suspended"}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/disconnect", Some(KEY), body);
+    assert_eq!(status, 200, "{reply}");
+    let frame = loop {
+        let frame = client.read_frame().expect("close frame");
+        if frame.opcode == 0x8 {
+            break frame;
+        }
+    };
+    assert_eq!(frame.close_code(), Some(4321));
+    assert_eq!(&frame.payload[2..], b"account suspended");
+
+    let body = r#"{"users":["dave"]}"#;
+    eventually("dave's connection to close", || {
+        admin_request(admin, "POST", "/v1/disconnect", Some(KEY), body).0 == 404
+    });
+}
+
+#[test]
+fn admin_body_above_limit_returns_413() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let request = format!(
+        "POST /v1/push HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Length: {}\r\n\r\n",
+        2 << 20
+    );
+    let response = http_exchange(admin, request.as_bytes());
+    assert_eq!(status_of(&response), 413);
+}

@@ -1,0 +1,573 @@
+//! The `http` backend against a real HTTP/1.1 application server (hyper) started by each
+//! test on loopback: envelopes and batching, replies and deliveries in the response body,
+//! failover, error frames, an application restart, and back-pressure from a slow server.
+
+mod util;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use util::*;
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How the test application responds to a batch.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// 200 with an ack per message to its connection, and a copy to `to` when present.
+    Reply,
+    /// This status with an empty body.
+    Status(u16),
+    /// Waits this long, then responds like `Reply`.
+    Slow(Duration),
+}
+
+/// What the application received: every envelope of every request, in order, and the
+/// `X-Framegate-Message-Ids` header of each request.
+#[derive(Default)]
+struct Received {
+    envelopes: Vec<serde_json::Value>,
+    id_headers: Vec<String>,
+}
+
+/// A test application server on its own tokio runtime; dropping it kills the server and
+/// every connection it holds.
+struct App {
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn start_app(addr: SocketAddr, mode: Mode, received: Arc<Mutex<Received>>) -> App {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("app runtime");
+    // Bound with std so this also works from inside a test's own runtime.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("app socket");
+    socket.set_reuse_address(true).expect("SO_REUSEADDR");
+    socket.bind(&addr.into()).expect("bind app server");
+    socket.listen(1024).expect("listen");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().expect("app address");
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("app listener");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    handle(request, mode, Arc::clone(&received))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    App {
+        addr,
+        runtime: Some(runtime),
+    }
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    mode: Mode,
+    received: Arc<Mutex<Received>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let ids = request
+        .headers()
+        .get("x-framegate-message-ids")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = match request.into_body().collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let envelopes: Vec<serde_json::Value> = body
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).expect("envelope is JSON"))
+        .collect();
+    let status = match mode {
+        Mode::Status(status) => status,
+        Mode::Reply => 200,
+        Mode::Slow(delay) => {
+            tokio::time::sleep(delay).await;
+            200
+        }
+    };
+    let mut reply = String::new();
+    if status == 200 {
+        for envelope in &envelopes {
+            let ack = serde_json::json!({
+                "connection_id": envelope["connection_id"],
+                "message": {"type": "ack", "id": envelope["message"]["id"], "message_id": envelope["message_id"]},
+            });
+            reply.push_str(&ack.to_string());
+            reply.push('\n');
+            if let Some(to) = envelope["message"]["to"].as_str() {
+                let copy = serde_json::json!({
+                    "to": to,
+                    "message": {"from": envelope["user_id"], "content": envelope["message"]["content"]},
+                });
+                reply.push_str(&copy.to_string());
+                reply.push('\n');
+            }
+        }
+    }
+    {
+        let mut received = received.lock().expect("lock");
+        received.id_headers.push(ids);
+        received.envelopes.extend(envelopes);
+    }
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", "application/x-ndjson")
+        .body(Full::new(Bytes::from(reply)))
+        .expect("response");
+    Ok(response)
+}
+
+fn loopback_any() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn http_config(workers: usize, urls: &[String], extra: &str) -> framegate::config::Config {
+    let urls: Vec<String> = urls.iter().map(|url| format!("{url:?}")).collect();
+    config(
+        workers,
+        &format!(
+            "backend = \"http\"\nrate_per_sec = 0\n{extra}\n[upstream]\nurls = [{}]\n",
+            urls.join(", ")
+        ),
+    )
+}
+
+async fn connect_user(addr: SocketAddr, user: &str) -> Client {
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
+    let (client, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+async fn next_json(client: &mut Client) -> serde_json::Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("message within 10 s")
+            .expect("stream open")
+            .expect("valid frame");
+        if let Message::Text(text) = message {
+            return serde_json::from_str(&text).expect("JSON");
+        }
+    }
+}
+
+fn chat_message(id: usize, to: Option<&str>) -> Message {
+    let mut value =
+        serde_json::json!({"id": id, "conversation_id": "c1", "content": format!("m{id}")});
+    if let Some(to) = to {
+        value["to"] = serde_json::json!(to);
+    }
+    Message::text(value.to_string())
+}
+
+#[tokio::test]
+async fn http_backend_round_trip_acks_and_delivers() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(loopback_any(), Mode::Reply, Arc::clone(&received));
+    let workers = 2;
+    let addr = start(http_config(
+        workers,
+        &[format!("http://{}/ingest", app.addr)],
+        "",
+    ));
+    let (alice, bob) = users_on_different_workers(workers);
+    let mut a = connect_user(addr, &alice).await;
+    let mut b = connect_user(addr, &bob).await;
+
+    for id in 0..5 {
+        a.send(chat_message(id, Some(&bob))).await.unwrap();
+    }
+    for id in 0..5 {
+        let ack = next_json(&mut a).await;
+        assert_eq!(ack["type"], "ack");
+        assert_eq!(ack["id"], id, "acks keep the order of the messages");
+        let copy = next_json(&mut b).await;
+        assert_eq!(copy["from"], alice.as_str());
+        assert_eq!(copy["content"], format!("m{id}"));
+    }
+
+    let received = received.lock().unwrap();
+    assert_eq!(received.envelopes.len(), 5);
+    let first = &received.envelopes[0];
+    let message_id = first["message_id"].as_str().unwrap();
+    let connection_id = first["connection_id"].as_u64().unwrap();
+    let worker = message_id.split('-').next().unwrap();
+    assert_eq!(message_id, format!("{worker}-{connection_id}-1"));
+    assert_eq!(first["user_id"], alice.as_str());
+    assert!(first["received_at_ms"].as_u64().unwrap() > 1_600_000_000_000);
+    assert_eq!(first["message"]["content"], "m0");
+    assert_eq!(first["message"]["to"], bob.as_str());
+    let header_ids: Vec<String> = received
+        .id_headers
+        .iter()
+        .flat_map(|header| header.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let body_ids: Vec<String> = received
+        .envelopes
+        .iter()
+        .map(|envelope| envelope["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(header_ids, body_ids);
+}
+
+#[tokio::test]
+async fn http_backend_failed_upstream_retries_on_next() {
+    let failing = Arc::new(Mutex::new(Received::default()));
+    let healthy = Arc::new(Mutex::new(Received::default()));
+    let bad = start_app(loopback_any(), Mode::Status(503), Arc::clone(&failing));
+    let good = start_app(loopback_any(), Mode::Reply, Arc::clone(&healthy));
+    let addr = start(http_config(
+        1,
+        &[
+            format!("http://{}/", bad.addr),
+            format!("http://{}/", good.addr),
+        ],
+        "",
+    ));
+    let mut client = connect_user(addr, "carol").await;
+    for id in 0..4 {
+        client.send(chat_message(id, None)).await.unwrap();
+        let ack = next_json(&mut client).await;
+        assert_eq!(ack["type"], "ack", "message {id} answered with {ack}");
+        assert_eq!(ack["id"], id);
+    }
+    assert_eq!(healthy.lock().unwrap().envelopes.len(), 4);
+    // The 503 takes the bad server out of rotation for backoff_ms, so it saw one batch.
+    assert_eq!(failing.lock().unwrap().id_headers.len(), 1);
+}
+
+#[tokio::test]
+async fn http_backend_all_down_answers_upstream_unavailable() {
+    // A port that was just free: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let failing = Arc::new(Mutex::new(Received::default()));
+    let bad = start_app(loopback_any(), Mode::Status(500), Arc::clone(&failing));
+    let addr = start(http_config(
+        1,
+        &[format!("http://{closed}/"), format!("http://{}/", bad.addr)],
+        "",
+    ));
+    let mut client = connect_user(addr, "dave").await;
+    client.send(chat_message(1, None)).await.unwrap();
+    let error = next_json(&mut client).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "upstream_unavailable");
+    assert_eq!(error["id"], 1);
+    // Both are backing off now: the next message gets its error without a request.
+    client.send(chat_message(2, None)).await.unwrap();
+    let error = next_json(&mut client).await;
+    assert_eq!(error["code"], "upstream_unavailable");
+    assert_eq!(error["id"], 2);
+    assert_eq!(failing.lock().unwrap().id_headers.len(), 1);
+}
+
+#[tokio::test]
+async fn http_backend_4xx_answers_upstream_rejected_without_retry() {
+    let first = Arc::new(Mutex::new(Received::default()));
+    let second = Arc::new(Mutex::new(Received::default()));
+    let rejecting = start_app(loopback_any(), Mode::Status(422), Arc::clone(&first));
+    let other = start_app(loopback_any(), Mode::Status(422), Arc::clone(&second));
+    let addr = start(http_config(
+        1,
+        &[
+            format!("http://{}/", rejecting.addr),
+            format!("http://{}/", other.addr),
+        ],
+        "",
+    ));
+    let mut client = connect_user(addr, "erin").await;
+    client.send(chat_message(9, None)).await.unwrap();
+    let error = next_json(&mut client).await;
+    assert_eq!(error["code"], "upstream_rejected");
+    assert_eq!(error["id"], 9);
+    let requests = first.lock().unwrap().id_headers.len() + second.lock().unwrap().id_headers.len();
+    assert_eq!(requests, 1, "a 4xx is not retried");
+}
+
+#[tokio::test]
+async fn http_backend_app_restart_answers_every_message() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(loopback_any(), Mode::Reply, Arc::clone(&received));
+    let app_addr = app.addr;
+    // Two URLs on the same server, so a failed batch is retried once before it is answered.
+    let addr = start(http_config(
+        2,
+        &[
+            format!("http://{app_addr}/a"),
+            format!("http://{app_addr}/b"),
+        ],
+        "",
+    ));
+    let users = ["u1", "u2", "u3", "u4"];
+    let mut clients = Vec::new();
+    for user in users {
+        clients.push(connect_user(addr, user).await);
+    }
+
+    let total_per_client = 60;
+    let mut app = Some(app);
+    let mut answers: Vec<HashMap<u64, String>> = vec![HashMap::new(); clients.len()];
+    for round in 0..total_per_client {
+        if round == 20 {
+            // Kill the application server with requests in flight.
+            drop(app.take());
+        }
+        if round == 40 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            app = Some(start_app(app_addr, Mode::Reply, Arc::clone(&received)));
+        }
+        for client in clients.iter_mut() {
+            client.send(chat_message(round, None)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // After the restart and the back-off, new messages are acknowledged again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    for client in clients.iter_mut() {
+        client
+            .send(chat_message(total_per_client, None))
+            .await
+            .unwrap();
+    }
+
+    for (index, client) in clients.iter_mut().enumerate() {
+        while answers[index].len() < total_per_client + 1 {
+            let answer = next_json(client).await;
+            let id = answer["id"].as_u64().expect("answer carries the client id");
+            let kind = if answer["type"] == "ack" {
+                "ack".to_owned()
+            } else {
+                answer["code"].as_str().unwrap_or("other").to_owned()
+            };
+            assert!(
+                kind == "ack" || kind == "upstream_unavailable",
+                "unexpected answer {answer}"
+            );
+            let previous = answers[index].insert(id, kind);
+            assert!(previous.is_none(), "message {id} answered twice");
+        }
+        assert_eq!(
+            answers[index]
+                .get(&(total_per_client as u64))
+                .map(String::as_str),
+            Some("ack"),
+            "the application takes messages again after its restart"
+        );
+    }
+    drop(app);
+
+    // Every acknowledged message reached the application; duplicates only repeat an id.
+    let received = received.lock().unwrap();
+    let mut seen: HashMap<String, serde_json::Value> = HashMap::new();
+    for envelope in &received.envelopes {
+        let message_id = envelope["message_id"].as_str().unwrap().to_owned();
+        if let Some(earlier) = seen.get(&message_id) {
+            assert_eq!(earlier, envelope, "a retried id carries the same envelope");
+        }
+        seen.insert(message_id, envelope.clone());
+    }
+    let delivered: HashSet<(String, u64)> = seen
+        .values()
+        .map(|envelope| {
+            (
+                envelope["user_id"].as_str().unwrap().to_owned(),
+                envelope["message"]["id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut acked = 0;
+    let mut unavailable = 0;
+    for (index, user) in users.iter().enumerate() {
+        for (id, kind) in &answers[index] {
+            if kind == "ack" {
+                acked += 1;
+                assert!(
+                    delivered.contains(&(user.to_string(), *id)),
+                    "acknowledged message {id} of {user} is missing at the application"
+                );
+            } else {
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(acked > 0);
+    assert!(unavailable > 0, "the kill made some messages fail");
+}
+
+#[test]
+fn http_backend_slow_app_blocks_client_writes() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(
+        loopback_any(),
+        Mode::Slow(Duration::from_secs(30)),
+        Arc::clone(&received),
+    );
+    let config = config(
+        1,
+        &format!(
+            "backend = \"http\"\nrate_per_sec = 0\nmax_message_bytes = 65536\n\
+             ping_interval_ms = 200\npong_timeout_ms = 200\n\
+             [upstream]\nurls = [\"http://{}/\"]\ntimeout_ms = 60000\nmax_pending_messages = 16\n\
+             batch_max = 4\n",
+            app.addr
+        ),
+    );
+    let addr = start(config);
+    let mut client = open(addr, "frank");
+    client
+        .stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+
+    // 64 MiB of valid messages: far more than the socket buffers and the pending limit hold.
+    let content = "x".repeat(16_000);
+    let text = serde_json::json!({"conversation_id": "c", "content": content}).to_string();
+    let frame = client_frame(true, 0x1, text.as_bytes());
+    let started = Instant::now();
+    let mut sent_bytes = 0usize;
+    let mut blocked = false;
+    while sent_bytes < 64 << 20 && started.elapsed() < Duration::from_secs(30) {
+        match client.stream.write_all(&frame) {
+            Ok(()) => sent_bytes += frame.len(),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    || err.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                blocked = true;
+                break;
+            }
+            Err(err) => panic!("write failed: {err}"),
+        }
+    }
+    assert!(
+        blocked,
+        "writes never blocked after {sent_bytes} bytes: the server kept reading"
+    );
+    assert!(
+        sent_bytes < 48 << 20,
+        "the server took {sent_bytes} bytes before the client blocked"
+    );
+    // The application saw at most one batch (it is still sleeping on it).
+    assert!(received.lock().unwrap().id_headers.len() <= 1);
+
+    // A connection held back by the server is not closed for missing pongs: for well past
+    // ping_interval + pong_timeout, no close frame arrives.
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let watch_until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < watch_until {
+        let mut chunk = [0u8; 4096];
+        match std::io::Read::read(&mut client.stream, &mut chunk) {
+            Ok(0) => panic!("the server closed a connection it was holding back"),
+            Ok(n) => client.pending.extend_from_slice(&chunk[..n]),
+            Err(err)
+                if err.kind() == std::io::ErrorKind::WouldBlock
+                    || err.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(err) => panic!("read failed: {err}"),
+        }
+        while let Some((frame, used)) = parse_server_frame(&client.pending) {
+            client.pending.drain(..used);
+            assert_ne!(frame.opcode, 0x8, "close frame {:?}", frame.close_code());
+        }
+    }
+}
+
+/// Prints the throughput of the whole path (client, framegate, application, acks back).
+/// Run by hand: `cargo test --release --test upstream -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput probe; prints a figure and checks nothing about speed"]
+async fn http_backend_throughput_probe() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(loopback_any(), Mode::Reply, Arc::clone(&received));
+    let addr = start(http_config(2, &[format!("http://{}/", app.addr)], ""));
+    let clients = 8;
+    let per_client = 5_000;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for index in 0..clients {
+        tasks.push(tokio::spawn(async move {
+            let client = connect_user(addr, &format!("probe{index}")).await;
+            let (mut sink, mut stream) = client.split();
+            let writer = tokio::spawn(async move {
+                for id in 0..per_client {
+                    sink.send(chat_message(id, None)).await.unwrap();
+                }
+                sink
+            });
+            let mut acks = 0;
+            while acks < per_client {
+                let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                    .await
+                    .expect("answer within 30 s")
+                    .expect("stream open")
+                    .expect("valid frame");
+                if let Message::Text(text) = message {
+                    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+                    assert_eq!(value["type"], "ack", "{value}");
+                    acks += 1;
+                }
+            }
+            let _sink = writer.await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let total = clients * per_client;
+    let requests = received.lock().unwrap().id_headers.len();
+    println!(
+        "{total} messages acknowledged in {elapsed:?}: {:.0} messages/s, {requests} POSTs, {:.1} messages per POST",
+        total as f64 / elapsed.as_secs_f64(),
+        total as f64 / requests as f64
+    );
+}
