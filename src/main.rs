@@ -48,7 +48,7 @@ struct ServeArgs {
     /// Worker threads, one per core; 0 means every available core (default 0).
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Backend for valid messages, overriding `backend` (default relay).
+    /// Backend for valid messages: relay, echo or http, overriding `backend` (default relay).
     #[arg(long, value_name = "KIND")]
     backend: Option<String>,
     /// Admin listener for /metrics, /healthz and /readyz, overriding `admin_listen`
