@@ -21,7 +21,7 @@ use serde::Deserialize;
 
 use crate::message::{FieldKind, MessageRules, RequiredField};
 
-/// Where valid messages go.
+/// Destination of valid messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
@@ -77,9 +77,9 @@ pub struct AuthSettings {
     /// Allowed JWT algorithms, all of one key family, for example `["HS256"]` or
     /// `["RS256", "PS256"]` (one RSA key).
     pub algorithms: Vec<String>,
-    /// Environment variable that holds the HMAC secret (HS*).
+    /// Environment variable that contains the HMAC secret (HS*).
     pub secret_env: Option<String>,
-    /// File that holds the HMAC secret (HS*); surrounding whitespace is trimmed.
+    /// File that contains the HMAC secret (HS*). Surrounding whitespace is trimmed.
     pub secret_file: Option<PathBuf>,
     /// PEM file with the public key (RS*, PS*, ES*, EdDSA).
     pub public_key_file: Option<PathBuf>,
@@ -281,11 +281,11 @@ pub struct Config {
     /// Time without a data message after which a connection is closed with 1001; `None`
     /// disables it.
     pub idle_timeout: Option<Duration>,
-    /// Longest life of a connection before it is closed with 1001; `None` disables it.
+    /// Maximum connection lifetime, then close 1001; `None` disables it.
     pub max_lifetime: Option<Duration>,
     /// Time a connection may stay open after its token's `exp` before it is closed with 4001.
     pub token_expiry_grace: Duration,
-    /// Longest wait for connections to close after SIGTERM or SIGINT.
+    /// Maximum wait for connections to close after SIGTERM or SIGINT.
     pub drain_timeout: Duration,
     /// Window over which drain closes (and the reconnect hints in them) are spread.
     pub drain_jitter: Duration,
@@ -901,7 +901,7 @@ fn check_range(
     })
 }
 
-/// Longest duration any `*_ms` option accepts: one day.
+/// Maximum value of any `*_ms` option: one day.
 const MAX_MILLIS: u64 = 86_400_000;
 
 fn check_millis(

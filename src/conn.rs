@@ -184,7 +184,7 @@ pub struct Handshake {
     parser: RequestParser,
 }
 
-/// What one call to [`Handshake::advance`] decided.
+/// Outcome of one call to [`Handshake::advance`].
 pub enum HandshakeStep<'b> {
     /// The request head is complete and passed every check.
     Accept {
@@ -590,7 +590,7 @@ impl Session {
     }
 }
 
-/// Why a message was rejected; each rejection becomes one error frame.
+/// Reason a message was rejected. Each rejection becomes one error frame.
 enum Rejection {
     Invalid {
         invalid: message::Invalid,

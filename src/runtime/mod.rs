@@ -38,7 +38,7 @@ use crate::shard::Ring;
 pub use uring::{explain_setup_error, probe};
 pub(crate) use worker::{AdminOp, AdminReply, AdminRequest, ConnState, WorkerMsg};
 
-/// Why the server could not start or stopped with an error.
+/// Error that stopped the server from starting or running.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
@@ -182,7 +182,7 @@ impl IpLimiter {
     }
 }
 
-/// The limiter key of a client address: IPv4 as is (IPv4-mapped IPv6 folded to IPv4), IPv6
+/// Returns the limiter key of a client address: IPv4 as is (IPv4-mapped IPv6 folded to IPv4), IPv6
 /// by its /64 prefix.
 fn limiter_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
@@ -251,12 +251,12 @@ pub struct Server {
 }
 
 impl Server {
-    /// The address the listeners are bound to (useful with port 0).
+    /// Returns the address the listeners are bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
-    /// The admin listener's address, when it is enabled.
+    /// Returns the admin listener's address, when it is enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
     }
@@ -278,7 +278,7 @@ impl Server {
         drain_shared(&self.shared);
     }
 
-    /// A handle that can start the drain from another thread (a signal handler).
+    /// Returns a handle that can start the drain from another thread (a signal handler).
     pub fn drain_handle(&self) -> DrainHandle {
         DrainHandle {
             shared: Arc::clone(&self.shared),

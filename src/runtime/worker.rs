@@ -92,7 +92,7 @@ pub(crate) struct AdminReply {
     pub conn_states: Vec<ConnState>,
 }
 
-/// Where to report a failed delivery.
+/// Sender of a relayed message, for reporting a failed delivery.
 pub(crate) struct ReplyTo {
     pub worker: usize,
     pub conn: u64,
@@ -390,7 +390,7 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     }
 }
 
-/// Reads and checks the upgrade request; on success the connection holds one slot under the
+/// Reads and checks the upgrade request. On success the connection takes one slot under the
 /// process-wide cap.
 async fn read_upgrade(
     worker: &Worker,
@@ -498,7 +498,7 @@ async fn read_upgrade(
     }
 }
 
-/// The client address for limits and logs: the first untrusted hop of `X-Forwarded-For`
+/// Returns the client address for limits and logs: the first untrusted hop of `X-Forwarded-For`
 /// when the connection comes from a trusted proxy, else `peer`.
 fn client_address(shared: &Shared, peer: SocketAddr, forwarded_for: Option<&[u8]>) -> SocketAddr {
     let trusted = &shared.config.trusted_proxies;
