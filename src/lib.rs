@@ -13,7 +13,7 @@
 //!                   owning worker
 //!                     │ frame       RFC 6455 §5 decoder/encoder, in-place unmasking
 //!                     │ utf8        incremental UTF-8 validation (simdutf8)
-//!                     │ message     JSON structure and required fields (sonic-rs)
+//!                     │ message     JSON structure and required fields, one pass
 //!                     │ ratelimit   token buckets (per connection, per user, per IP)
 //!                     │ conn        per-connection state machine: frames in, replies out
 //!                     ▼

@@ -104,7 +104,7 @@ def peers_table(cells):
         lines.append("| --- | ---: | ---: | ---: | ---: |")
         for server in [name for name in PEER_ORDER if name in rows]:
             cell = rows[server]
-            lines.append(f"| {server} | {cell['rate']:,.0f} | {cell['p99']:,} | {cell['cpu']:.2f} | {cell['errors']} |")
+            lines.append(f"| {server} | {cell['rate']:,.0f} | {cell['p99']:,.0f} | {cell['cpu']:.2f} | {cell['errors']} |")
         peers = [cell for server, cell in rows.items() if server != "framegate"]
         framegate = rows.get("framegate")
         if framegate and peers:
@@ -128,7 +128,7 @@ def checks_table(cells):
             continue
         rate_name = unit(cell)[0]
         lines.append(
-            f"| {scenario} | {config} | {cell['rate']:,.0f} {rate_name} | {cell['p99']:,} | {cell['cpu']:.2f} | {cell['errors']} |"
+            f"| {scenario} | {config} | {cell['rate']:,.0f} {rate_name} | {cell['p99']:,.0f} | {cell['cpu']:.2f} | {cell['errors']} |"
         )
     return "\n".join(lines) if len(lines) > 2 else ""
 
