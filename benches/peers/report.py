@@ -3,9 +3,9 @@
 Usage: report.py RESULTS_TSV MEMORY_TSV CLK_TCK
 
 RESULTS_TSV rows: table, scenario, server, config, round, server CPU ticks over the whole cell,
-summary JSON path, CPU samples path. The samples file has "unix-ms ticks" lines; the server's
+summary JSON path, CPU samples path. The samples file has "unix-ms ticks" lines. The server's
 CPU time over the load's steady window (after the ramp, up to the deadline) is interpolated
-from them, and the rates are the steady-window rates of the summary.
+from them. The rates are the steady-window rates of the summary.
 MEMORY_TSV rows: connections, server, state, RSS before and loaded (KiB), VmSize before and
 loaded (KiB), connections opened.
 Cells run more than once report the median of their rounds.

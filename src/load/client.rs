@@ -5,7 +5,7 @@
 //! upgrades, and then runs its role until the deadline. A sender writes messages by schedule
 //! (open loop) or by window (closed loop). A relay receiver and an idle user only read. Every
 //! connection has a reader task that decodes server frames and matches replies to the
-//! messages that caused them; the user's own task is the only writer. At the end each
+//! messages that caused them. The user's own task is the only writer. At the end each
 //! connection drains its outstanding messages, sends a close frame and waits for the server's
 //! close and TCP end, each bounded by a timeout.
 //!
@@ -34,7 +34,7 @@ use super::wire::{self, Body, MessageId};
 use super::{LoadModel, Progress, RunConfig, Scenario};
 use crate::frame::OpCode;
 
-/// Most messages written in one batch.
+/// Maximum number of messages written in one batch.
 const MAX_BATCH: usize = 256;
 
 /// Read size of connections that only receive now and then.
@@ -322,7 +322,7 @@ fn ramp_start(config: &RunConfig, index: u32) -> Instant {
     config.epoch + Duration::from_secs_f64(f64::from(index) / config.ramp_per_sec)
 }
 
-/// Sleeps until `until`, bounded by nothing else.
+/// Sleeps until `until`.
 async fn sleep_until(until: Instant) {
     tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
 }
@@ -761,7 +761,7 @@ async fn send_loop(
             let intended = match (&config.load, pacer.as_mut()) {
                 (LoadModel::Closed { window }, _) => {
                     let outstanding = user.book.borrow().pending.len();
-                    // The book already holds the messages pushed in this batch.
+                    // The book already contains the messages pushed in this batch.
                     if outstanding >= *window as usize {
                         break;
                     }

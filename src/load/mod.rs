@@ -80,7 +80,7 @@ pub struct LoadArgs {
     #[arg(value_name = "URL")]
     pub url: String,
 
-    /// What each connection does.
+    /// Scenario each connection runs.
     #[arg(long, value_enum, default_value_t = Scenario::Echo)]
     pub scenario: Scenario,
 
@@ -147,7 +147,7 @@ pub struct LoadArgs {
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 
-    /// Where the upgrade request carries the token.
+    /// Place of the token in the upgrade request.
     #[arg(long, value_enum, default_value_t = TokenIn::Header)]
     pub token_in: TokenIn,
 

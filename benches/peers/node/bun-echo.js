@@ -19,8 +19,8 @@ Bun.serve({
     },
     perMessageDeflate: false,
     maxPayloadLength: 16 * 1024 * 1024,
-    // Seconds of inactivity before Bun times a connection out; set well above the length of
-    // any run, because the idle scenarios hold connections open without traffic.
+    // Seconds of inactivity before Bun times a connection out. The idle scenarios hold
+    // connections open without traffic, so this is set well above the length of any run.
     idleTimeout: 960,
   },
 });
