@@ -822,6 +822,10 @@ impl Worker {
         user: &str,
         f: impl FnOnce(Option<&mut TokenBucket>) -> R,
     ) -> R {
+        // Without a per-user rate there is nothing to look up: skip hashing the user id.
+        if self.shared.config.user_rate_per_sec == 0 {
+            return f(None);
+        }
         let mut users = self.users.borrow_mut();
         let bucket = users.get_mut(user).and_then(|entry| entry.bucket.as_mut());
         f(bucket)
