@@ -13,7 +13,9 @@
 //! - every close code sent is one RFC 6455 allows on the wire, an echoed close carries the
 //!   peer's code, at most one close frame is sent, and nothing is written after it;
 //! - every text frame is valid UTF-8, every accepted message is within the size limit and
-//!   passes the message check, and the assembly buffer stays within the limit.
+//!   passes the message check, and the assembly buffer stays within the limit;
+//! - the outbox's frame count, taken after each take as the runtime's metrics do, equals the
+//!   number of frames written.
 
 #![no_main]
 
@@ -124,6 +126,8 @@ enum Step {
 #[derive(Default)]
 struct Transcript {
     output: Vec<u8>,
+    /// Sum of `Outbox::take_frame_count` over every take, as the runtime's metrics count.
+    frames_counted: u64,
     /// Code of the first `Flow::Close`, and whether the peer started it.
     close: Option<(CloseCode, bool)>,
     /// Whether the peer's close frame carried no status code.
@@ -457,6 +461,7 @@ fn take_output(out: &mut Outbox, transcript: &mut Transcript) {
     let mut segments: Vec<Bytes> = Vec::new();
     let queued = out.queued_bytes();
     out.take_into(&mut segments);
+    transcript.frames_counted += out.take_frame_count();
     let taken_bytes: usize = segments.iter().map(Bytes::len).sum();
     assert_eq!(
         taken_bytes, queued,
@@ -473,6 +478,12 @@ fn check_transcript(transcript: &Transcript) {
         Ok(frames) => frames,
         Err(error) => panic!("server output is not a frame sequence: {error:?}"),
     };
+
+    let parsed = u64::try_from(frames.len()).unwrap_or(u64::MAX);
+    assert_eq!(
+        transcript.frames_counted, parsed,
+        "frame count differs from frames sent"
+    );
 
     let close_at = frames.iter().position(|frame| frame.opcode == 0x8);
     if let Some(at) = close_at {
