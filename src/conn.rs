@@ -197,7 +197,7 @@ pub enum HandshakeStep<'b> {
     /// A plain `GET /` without an upgrade while the demo page is enabled: serve the page
     /// and close.
     DemoPage,
-    /// Answer with this status and close.
+    /// Reject with this status, then close.
     Reject(RejectReason),
 }
 

@@ -511,7 +511,7 @@ fn client_address(shared: &Shared, peer: SocketAddr, forwarded_for: Option<&[u8]
     }
 }
 
-/// Answers a plain `GET /` with the browser demo page and closes.
+/// Serves the browser demo page for a plain `GET /`, then closes.
 async fn serve_demo_page(stream: &TcpStream, path: &str) {
     let body = crate::demo::render_index(path);
     let mut response = format!(
@@ -1181,7 +1181,7 @@ impl Worker {
     /// sender's authenticated user id.
     fn relay(&self, sender: &ConnHandle, message: Accepted) {
         let Some(to) = message.to else {
-            // The relay adds `to` to the required fields, so the JSON check already answered.
+            // The relay adds `to` to the required fields, so the JSON check already rejected it.
             return;
         };
         let Some(text) = message::with_from(&message.payload, &sender.user) else {
