@@ -114,7 +114,7 @@ impl Outbox {
         {
             self.queued_bytes -= self.gather.len() - at;
             self.gather.truncate(at);
-            self.frames -= 1;
+            self.frames = self.frames.saturating_sub(1);
         }
         let at = self.gather.len();
         // Control payloads are at most 125 bytes, so the pong lands in `gather`.
