@@ -18,7 +18,9 @@
 //!
 //! Numbers are checked against the grammar but never converted, so `1e999999` and 400-digit
 //! integers pass.
-#![forbid(unsafe_code)]
+//!
+//! Only the string search in `special` uses `unsafe` (SSE2 loads), allowed there alone.
+#![deny(unsafe_code)]
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -26,6 +28,7 @@ use std::fmt;
 use std::ops::Range;
 
 mod scan;
+mod special;
 mod wire;
 
 use self::scan::{Member, scan_object};
@@ -296,7 +299,7 @@ fn check_text<'a>(text: Text<'a>, rules: &MessageRules) -> Result<Checked<'a>, I
     }
 
     let bytes = text.bytes();
-    let mut members = Members::new(rules);
+    let mut members = Members::new(rules, bytes);
     scan_object(bytes, rules.max_json_depth, |member| members.add(member))?;
 
     if members.required_found < rules.required.len() || members.any_wrong {
@@ -464,10 +467,10 @@ struct Members<'a, 'r> {
 }
 
 impl<'a, 'r> Members<'a, 'r> {
-    fn new(rules: &'r MessageRules) -> Self {
+    fn new(rules: &'r MessageRules, text: &'a [u8]) -> Self {
         Self {
             rules,
-            keys: KeySet::default(),
+            keys: KeySet::new(text),
             required_found: 0,
             any_wrong: false,
             id: None,
@@ -497,7 +500,7 @@ impl<'a, 'r> Members<'a, 'r> {
         }
 
         // RFC 8259 §4: names within an object should be unique; see the module docs.
-        if !self.keys.insert(key) {
+        if !self.keys.insert(key, member.key_start + 1) {
             let field = known.or(required.map(Field::Required));
             return Err(Invalid::DuplicateKey {
                 offset: member.key_start,
@@ -609,76 +612,95 @@ fn decode_string_value<'a>(text: Text<'a>, member: &Member<'a>) -> Result<Cow<'a
         })
 }
 
-/// Set of decoded top-level keys. Up to [`INLINE_KEYS`] borrowed keys live in arrays and are
-/// compared by fingerprint first. A key with escapes, or one key more, moves the set to a hash
-/// set, so a message with many keys stays linear.
+/// Set of decoded top-level keys. Up to [`INLINE_KEYS`] keys without escapes are kept inline as
+/// one `u64` each: the key's offset in the text in the high 32 bits and its fingerprint (length,
+/// first and last byte) in the low 32 bits. Bytes are compared only when fingerprints match. A key
+/// with escapes, one key more, or a key too long or too far in for the packing moves the set to a
+/// hash set, so a message with many keys stays linear.
 struct KeySet<'a> {
-    fingerprints: [u64; INLINE_KEYS],
-    inline: [&'a [u8]; INLINE_KEYS],
+    text: &'a [u8],
+    inline: [u64; INLINE_KEYS],
     /// Number of keys in `inline`. INVARIANT: `len <= INLINE_KEYS`.
     len: usize,
     spill: Option<HashSet<Cow<'a, [u8]>>>,
 }
 
-impl Default for KeySet<'_> {
-    fn default() -> Self {
+impl<'a> KeySet<'a> {
+    fn new(text: &'a [u8]) -> Self {
         Self {
-            fingerprints: [0; INLINE_KEYS],
-            inline: [&[]; INLINE_KEYS],
+            text,
+            inline: [0; INLINE_KEYS],
             len: 0,
             spill: None,
         }
     }
-}
 
-impl<'a> KeySet<'a> {
-    /// Adds `key`; returns false if it was already present.
-    fn insert(&mut self, key: Cow<'a, [u8]>) -> bool {
+    /// Adds `key`, whose raw text starts at byte `offset`; returns false if it was already
+    /// present.
+    fn insert(&mut self, key: Cow<'a, [u8]>, offset: usize) -> bool {
         if let Some(spill) = &mut self.spill {
             return spill.insert(key);
         }
-        let key = match key {
-            Cow::Borrowed(key) if self.len < INLINE_KEYS => key,
-            key => return self.spill().insert(key),
+        let packed = match (&key, u32::try_from(offset)) {
+            (Cow::Borrowed(raw), Ok(offset)) if self.len < INLINE_KEYS => {
+                fingerprint(raw).map(|fingerprint| u64::from(offset) << 32 | u64::from(fingerprint))
+            }
+            _ => None,
+        };
+        let (Some(packed), Cow::Borrowed(raw)) = (packed, &key) else {
+            return self.spill().insert(key);
         };
 
-        let fingerprint = fingerprint(key);
-        let fingerprints = self.fingerprints.get(..self.len).unwrap_or_default();
-        let keys = self.inline.get(..self.len).unwrap_or_default();
-        let seen = fingerprints
-            .iter()
-            .zip(keys)
-            .any(|(&seen_fingerprint, &seen)| seen_fingerprint == fingerprint && seen == key);
+        let inline = self.inline.get(..self.len).unwrap_or_default();
+        let seen = inline.iter().any(|&entry| {
+            entry & FINGERPRINT == packed & FINGERPRINT && self.stored(entry) == *raw
+        });
         if seen {
             return false;
         }
-
-        if let (Some(fingerprint_slot), Some(key_slot)) = (
-            self.fingerprints.get_mut(self.len),
-            self.inline.get_mut(self.len),
-        ) {
-            *fingerprint_slot = fingerprint;
-            *key_slot = key;
+        if let Some(slot) = self.inline.get_mut(self.len) {
+            *slot = packed;
             self.len += 1;
         }
         true
     }
 
+    /// Returns the key bytes of an inline entry.
+    fn stored(&self, entry: u64) -> &'a [u8] {
+        stored_key(self.text, entry)
+    }
+
     /// Moves the inline keys into a hash set and returns it.
     fn spill(&mut self) -> &mut HashSet<Cow<'a, [u8]>> {
         let inline = self.inline.get(..self.len).unwrap_or_default();
-        self.spill
-            .get_or_insert_with(|| inline.iter().map(|&key| Cow::Borrowed(key)).collect())
+        let text = self.text;
+        self.spill.get_or_insert_with(|| {
+            inline
+                .iter()
+                .map(|&entry| Cow::Borrowed(stored_key(text, entry)))
+                .collect()
+        })
     }
 }
 
-/// Packs a key's length with its first and last bytes. Equal keys have equal fingerprints; the
-/// bytes are compared only when fingerprints match.
-fn fingerprint(key: &[u8]) -> u64 {
-    let length = u64::try_from(key.len()).unwrap_or(u64::MAX);
-    let first = key.first().copied().map_or(0, u64::from);
-    let last = key.last().copied().map_or(0, u64::from);
-    length << 16 | first << 8 | last
+/// Low half of a [`KeySet`] entry: the key's fingerprint.
+const FINGERPRINT: u64 = 0xFFFF_FFFF;
+
+/// Returns the key bytes that a [`KeySet`] entry points at in `text`.
+fn stored_key(text: &[u8], entry: u64) -> &[u8] {
+    let offset = usize::try_from(entry >> 32).unwrap_or(usize::MAX);
+    let len = usize::try_from(entry >> 16 & 0xFFFF).unwrap_or(0);
+    text.get(offset..offset.saturating_add(len))
+        .unwrap_or_default()
+}
+
+/// Packs a key's length (when below 65,536) with its first and last bytes. Equal keys have equal
+/// fingerprints; the bytes are compared only when fingerprints match.
+fn fingerprint(key: &[u8]) -> Option<u32> {
+    let length = u16::try_from(key.len()).ok()?;
+    let first = key.first().copied().unwrap_or(0);
+    let last = key.last().copied().unwrap_or(0);
+    Some(u32::from(length) << 16 | u32::from(first) << 8 | u32::from(last))
 }
 
 #[cfg(test)]

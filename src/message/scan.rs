@@ -14,12 +14,8 @@
 
 use std::borrow::Cow;
 
+use super::special::{find_string_special, first_special_in_16};
 use super::{FieldKind, Invalid};
-
-/// Bytes 0x01 repeated, for SWAR byte tests.
-const LSB: u64 = 0x0101_0101_0101_0101;
-/// Bytes 0x80 repeated, for SWAR byte tests.
-const MSB: u64 = 0x8080_8080_8080_8080;
 
 /// One top-level member as the scanner found it. Offsets are byte offsets into the text.
 #[derive(Clone, Copy, Debug)]
@@ -488,8 +484,16 @@ impl<'a> Scanner<'a> {
 
     /// Scans a string starting at its opening quote (RFC 8259 §7). Returns true when it contains
     /// an escape.
+    #[inline(always)]
     fn string(&mut self) -> Result<bool, Reason> {
         let mut at = self.pos + 1;
+        // Most keys and short values end within the next 16 bytes, with no escape.
+        if let Some(found) = first_special_in_16(self.text.get(at..).unwrap_or_default())
+            && self.text.get(at + found) == Some(&b'"')
+        {
+            self.pos = at + found + 1;
+            return Ok(false);
+        }
         let mut escaped = false;
         loop {
             let rest = self.text.get(at..).unwrap_or_default();
@@ -619,52 +623,14 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Returns the index and value of the first `"`, `\` or control byte (below 0x20) in `bytes`.
-///
-/// Works on eight bytes at a time (SWAR). Each per-byte test can flag false positives only in
-/// bytes above a true match, because a borrow moves only toward higher bytes, so the lowest
-/// flagged byte is exact.
-#[inline]
-fn find_string_special(bytes: &[u8]) -> Option<(usize, u8)> {
-    let mut at = 0;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let mask = special_byte_mask(u64::from_le_bytes(word));
-        if mask != 0 {
-            // trailing_zeros() is at most 63, so the division fits any usize.
-            let index = (mask.trailing_zeros() / 8) as usize;
-            return Some((at + index, word.get(index).copied().unwrap_or(b'"')));
-        }
-        at += 8;
-    }
-
-    let tail = bytes.get(at..).unwrap_or_default();
-    let index = tail
-        .iter()
-        .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)?;
-    Some((at + index, tail.get(index).copied().unwrap_or(b'"')))
-}
-
-/// Sets bit 7 of each byte of `word` that may be `"`, `\` or below 0x20 (exact for the lowest).
-#[inline]
-fn special_byte_mask(word: u64) -> u64 {
-    let quote = word ^ (LSB * u64::from(b'"'));
-    let backslash = word ^ (LSB * u64::from(b'\\'));
-    let is_quote = quote.wrapping_sub(LSB) & !quote;
-    let is_backslash = backslash.wrapping_sub(LSB) & !backslash;
-    let is_control = word.wrapping_sub(LSB * 0x20) & !word;
-    (is_quote | is_backslash | is_control) & MSB
-}
-
 /// Stack of open nested containers, one bit each: true for an object, false for an array.
 #[derive(Default)]
 struct BitStack {
     /// Number of open containers.
     len: usize,
-    /// Levels `0..128`, level `i` in bit `i`.
-    inline: u128,
-    /// Levels from 128 up, only allocated for very deep (and very large) inputs.
+    /// Levels `0..64`, level `i` in bit `i`.
+    inline: u64,
+    /// Levels from 64 up, only allocated for very deep inputs.
     spill: Vec<bool>,
 }
 
@@ -675,8 +641,8 @@ impl BitStack {
 
     fn push(&mut self, is_object: bool) {
         match u32::try_from(self.len) {
-            Ok(level @ 0..128) => {
-                self.inline = self.inline & !(1 << level) | u128::from(is_object) << level;
+            Ok(level @ 0..64) => {
+                self.inline = self.inline & !(1 << level) | u64::from(is_object) << level;
             }
             _ => self.spill.push(is_object),
         }
@@ -684,7 +650,7 @@ impl BitStack {
     }
 
     fn pop(&mut self) {
-        if self.len > 128 {
+        if self.len > 64 {
             self.spill.pop();
         }
         self.len = self.len.saturating_sub(1);
@@ -693,7 +659,7 @@ impl BitStack {
     fn top(&self) -> Option<bool> {
         let level = self.len.checked_sub(1)?;
         match u32::try_from(level) {
-            Ok(level @ 0..128) => Some(self.inline >> level & 1 == 1),
+            Ok(level @ 0..64) => Some(self.inline >> level & 1 == 1),
             _ => self.spill.last().copied(),
         }
     }
@@ -702,50 +668,6 @@ impl BitStack {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn find_special_plain(bytes: &[u8]) -> Option<usize> {
-        bytes
-            .iter()
-            .position(|&byte| byte == b'"' || byte == b'\\' || byte < 0x20)
-    }
-
-    #[test]
-    fn find_string_special_matches_plain_scan() {
-        let specials = [b'"', b'\\', 0x00, 0x1F, b'\n'];
-        let fillers = [b'a', 0x20, 0x21, 0x5B, 0x5D, 0x7F, 0x80, 0xC3, 0xFF];
-        for len in 0..40 {
-            for &filler in &fillers {
-                let plain = vec![filler; len];
-                assert_eq!(
-                    find_string_special(&plain).map(|(at, _)| at),
-                    find_special_plain(&plain)
-                );
-                for at in 0..len {
-                    for &special in &specials {
-                        let mut bytes = plain.clone();
-                        bytes[at] = special;
-                        assert_eq!(
-                            find_string_special(&bytes),
-                            Some((at, special)),
-                            "special {special:#04x} at {at} in {len} bytes of {filler:#04x}"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn find_string_special_two_specials_reports_first() {
-        for first in 0..16 {
-            for second in first + 1..16 {
-                let mut bytes = [b'x'; 16];
-                bytes[first] = 0x01;
-                bytes[second] = b'"';
-                assert_eq!(find_string_special(&bytes), Some((first, 0x01)));
-            }
-        }
-    }
 
     #[test]
     fn bit_stack_deep_push_pop_returns_pushed_bits() {
