@@ -26,6 +26,63 @@ const IOV_MAX: usize = 1024;
 /// Smallest free space kept in the read buffer before a read.
 const MIN_READ_SPACE: usize = 512;
 
+/// Read buffer offered to a quiet connection (see [`ReadSizing`]).
+const QUIET_READ_BYTES: usize = 128;
+
+/// Consecutive short reads after which a connection counts as quiet.
+const QUIET_AFTER_READS: u8 = 4;
+
+/// Chooses between a small and a full-size read buffer.
+///
+/// With tokio-uring 0.5 every posted read keeps its buffer until data arrives, so an idle
+/// connection would keep a full `read_buffer_bytes` buffer (and the heap pages its allocation
+/// touches) for as long as it stays idle. A connection counts as quiet from the upgrade on and
+/// after [`QUIET_AFTER_READS`] reads of at most half of [`QUIET_READ_BYTES`] (pongs, short
+/// messages); while quiet and with no partial frame buffered, it reads into a
+/// [`QUIET_READ_BYTES`] buffer. A read that fills its buffer or brings more than that half ends
+/// the quiet state at once, so busy connections keep full-size reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReadSizing {
+    short_reads: u8,
+}
+
+impl ReadSizing {
+    fn new() -> Self {
+        Self {
+            short_reads: QUIET_AFTER_READS,
+        }
+    }
+
+    fn quiet(self) -> bool {
+        self.short_reads >= QUIET_AFTER_READS
+    }
+
+    /// Records a read that returned `read` bytes into `offered` bytes of space.
+    fn record(&mut self, read: usize, offered: usize) {
+        if read < offered && read <= QUIET_READ_BYTES / 2 {
+            self.short_reads = self.short_reads.saturating_add(1);
+        } else {
+            self.short_reads = 0;
+        }
+    }
+
+    /// Prepares `buf` for the next read: a fresh small buffer when quiet and empty, otherwise at
+    /// least room for the frame in progress (`wanted`) or one full read (`read_size`).
+    fn prepare(self, buf: &mut BytesMut, wanted: usize, read_size: usize) {
+        if self.quiet() && buf.is_empty() {
+            let capacity = buf.capacity();
+            if !(QUIET_READ_BYTES / 2..=2 * QUIET_READ_BYTES).contains(&capacity) {
+                *buf = BytesMut::with_capacity(QUIET_READ_BYTES);
+            }
+            return;
+        }
+        let wanted = wanted.max(read_size);
+        if buf.capacity() - buf.len() < MIN_READ_SPACE.min(wanted) {
+            buf.reserve(wanted);
+        }
+    }
+}
+
 /// The parts of a connection that other tasks of the worker touch: its outbox and wake-ups.
 pub(crate) struct ConnHandle {
     pub id: u64,
@@ -201,6 +258,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
     let mut buf = leftover;
     let mut accepted = Vec::new();
     let mut closing = false;
+    let mut sizing = ReadSizing::new();
 
     loop {
         // Back-pressure: while the worker's queue to the application servers is full, this
@@ -210,7 +268,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             tokio::select! {
                 biased;
                 _ = handle.reader_wake.notified() => {}
-                _ = worker.wait_for_upstream_room() => {}
+                _ = Box::pin(worker.wait_for_upstream_room()) => {}
             }
             handle.waiting_for_room.set(false);
             // The wait was the server's doing: the peer gets a full ping interval again.
@@ -256,11 +314,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             break;
         }
 
-        // Room for the rest of the frame in progress, at least one read's worth.
-        let wanted = session.bytes_wanted().max(read_size);
-        if buf.capacity() - buf.len() < MIN_READ_SPACE.min(wanted) {
-            buf.reserve(wanted);
-        }
+        sizing.prepare(&mut buf, session.bytes_wanted(), read_size);
         let len = buf.len();
         let capacity = buf.capacity();
         let read = handle.stream.read(buf.slice(len..capacity));
@@ -275,6 +329,9 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             break;
         };
         buf = slice.into_inner();
+        if let Ok(n) = result {
+            sizing.record(n, capacity - len);
+        }
         if let Ok(n) = result
             && n > 0
         {
@@ -301,7 +358,8 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
         }
     }
 
-    linger(handle, &shared.config, buf).await;
+    // Boxed: a closing connection is rare, and the read loop's state stays small without it.
+    Box::pin(linger(handle, &shared.config, buf)).await;
     handle.dead.set(true);
     handle.writer_wake.notify_one();
     let _ = writer.await;
@@ -421,4 +479,63 @@ async fn write_all(stream: &TcpStream, segments: &mut Vec<Bytes>) -> std::io::Re
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_sizing_new_connection_reads_small() {
+        let sizing = ReadSizing::new();
+        assert!(sizing.quiet());
+        let mut buf = BytesMut::with_capacity(1024);
+        sizing.prepare(&mut buf, 0, 16 * 1024);
+        assert_eq!(buf.capacity(), QUIET_READ_BYTES);
+    }
+
+    #[test]
+    fn read_sizing_full_read_switches_to_full_size_at_once() {
+        let mut sizing = ReadSizing::new();
+        sizing.record(QUIET_READ_BYTES, QUIET_READ_BYTES);
+        assert!(!sizing.quiet());
+        let mut buf = BytesMut::with_capacity(QUIET_READ_BYTES);
+        sizing.prepare(&mut buf, 0, 16 * 1024);
+        assert!(buf.capacity() >= 16 * 1024);
+    }
+
+    #[test]
+    fn read_sizing_long_read_ends_quiet_state() {
+        let mut sizing = ReadSizing::new();
+        sizing.record(QUIET_READ_BYTES / 2 + 1, 16 * 1024);
+        assert!(!sizing.quiet());
+    }
+
+    #[test]
+    fn read_sizing_short_reads_make_connection_quiet_again() {
+        let mut sizing = ReadSizing { short_reads: 0 };
+        for read in 1..QUIET_AFTER_READS {
+            sizing.record(6, 16 * 1024);
+            assert!(!sizing.quiet(), "after {read} short reads");
+        }
+        sizing.record(6, 16 * 1024);
+        assert!(sizing.quiet());
+    }
+
+    #[test]
+    fn read_sizing_partial_frame_gets_room_for_the_rest() {
+        let sizing = ReadSizing::new();
+        let mut buf = BytesMut::with_capacity(QUIET_READ_BYTES);
+        buf.extend_from_slice(&[0x81, 0x7E, 0x10, 0x00]);
+        sizing.prepare(&mut buf, 4096, 16 * 1024);
+        assert!(buf.capacity() - buf.len() >= 16 * 1024);
+        assert_eq!(&buf[..], &[0x81, 0x7E, 0x10, 0x00]);
+    }
+
+    #[test]
+    fn read_sizing_zero_byte_read_counts_as_short() {
+        let mut sizing = ReadSizing { short_reads: 0 };
+        sizing.record(0, QUIET_READ_BYTES);
+        assert_eq!(sizing.short_reads, 1);
+    }
 }

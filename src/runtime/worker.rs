@@ -324,12 +324,12 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     let conn_id = worker.allocate_conn_id();
     let timeout = worker.shared.config.handshake_timeout;
     let stream = Rc::new(stream);
-    let admitted = match tokio::time::timeout(
+    // Boxed so that the upgrade's state is freed once it is over.
+    let upgrade = Box::pin(tokio::time::timeout(
         timeout,
         read_upgrade(&worker, &stream, peer, conn_id, accepted_at),
-    )
-    .await
-    {
+    ));
+    let admitted = match upgrade.await {
         Ok(admitted) => admitted,
         Err(_) => {
             tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
@@ -777,14 +777,19 @@ impl Worker {
             tracing::debug_span!("conn", conn = conn_id, worker = self.index, %peer, user = %user);
         tracing::debug!(parent: &span, "connection open");
 
-        conn::run(Rc::clone(&self), Rc::clone(&handle), leftover)
-            .instrument(span.clone())
-            .await;
-
-        self.unregister(&handle);
-        self.metrics().connections_open.dec();
-        self.shared.release_connection();
-        tracing::debug!(conn = conn_id, %peer, user = %user, "connection closed");
+        // The connection gets a task of its own, so that it does not keep the state of the
+        // upgrade or of this function (an idle connection holds only what its session needs).
+        let worker = Rc::clone(&self);
+        tokio_uring::spawn(
+            async move {
+                conn::run(Rc::clone(&worker), Rc::clone(&handle), leftover).await;
+                worker.unregister(&handle);
+                worker.metrics().connections_open.dec();
+                worker.shared.release_connection();
+                tracing::debug!("connection closed");
+            }
+            .instrument(span),
+        );
     }
 
     fn register(&self, handle: &Rc<ConnHandle>) {
