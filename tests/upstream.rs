@@ -254,6 +254,78 @@ async fn http_backend_round_trip_acks_and_delivers() {
     assert_eq!(header_ids, body_ids);
 }
 
+/// Variable read by the servers of this test binary for the push API key.
+const KEY_VAR: &str = "FRAMEGATE_TEST_UPSTREAM_PUSH_KEY";
+const KEY: &str = "upstream-test-key-0123456789";
+
+fn set_push_key() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        // SAFETY: only this function writes the environment in this test binary, once, before
+        // the server that reads it starts; no other thread reads or writes it meanwhile.
+        unsafe { std::env::set_var(KEY_VAR, KEY) };
+    });
+}
+
+/// Sends `body` to `POST /v1/connections/{id}` on the admin listener; returns the status.
+fn push_to_connection(admin: SocketAddr, id: u64, body: &str) -> u16 {
+    let request = format!(
+        "POST /v1/connections/{id} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    status_of(&http_exchange(admin, request.as_bytes()))
+}
+
+#[tokio::test]
+async fn envelope_connection_id_reaches_push_api() {
+    set_push_key();
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(loopback_any(), Mode::Status(204), Arc::clone(&received));
+    let workers = 2;
+    let started = start_full(http_config(
+        workers,
+        &[format!("http://{}/ingest", app.addr)],
+        &format!("push_api_key_env = {KEY_VAR:?}"),
+    ));
+    let admin = started.admin.expect("admin listener");
+    let ring = framegate::shard::Ring::new(workers).unwrap();
+
+    // Several connections per user, so that some are accepted by the worker that does not
+    // own the user and handed off.
+    let users = ["erin", "frank", "grace", "heidi"];
+    let mut clients = Vec::new();
+    for (index, user) in users.iter().cycle().take(12).enumerate() {
+        let mut client = connect_user(started.addr, user).await;
+        client.send(chat_message(index, None)).await.unwrap();
+        clients.push(client);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().envelopes.len() < clients.len() {
+        assert!(
+            Instant::now() < deadline,
+            "every message reaches the application"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let envelopes = received.lock().unwrap().envelopes.clone();
+    for envelope in &envelopes {
+        let index = envelope["message"]["id"].as_u64().unwrap();
+        let id = envelope["connection_id"].as_u64().unwrap();
+        let user = envelope["user_id"].as_str().unwrap();
+        let owner = ring.owner(user.as_bytes()) as u64;
+        assert_eq!(id >> 48, owner, "connection {id} names the owner of {user}");
+        let worker = envelope["message_id"].as_str().unwrap().split('-').next();
+        assert_eq!(worker, Some(owner.to_string().as_str()));
+
+        let status = push_to_connection(admin, id, &format!(r#"{{"for":{index}}}"#));
+        assert_eq!(status, 202, "connection {id}");
+        let client = &mut clients[usize::try_from(index).unwrap()];
+        assert_eq!(next_json(client).await["for"], index);
+    }
+}
+
 #[tokio::test]
 async fn http_backend_failed_upstream_retries_on_next() {
     let failing = Arc::new(Mutex::new(Received::default()));

@@ -46,11 +46,11 @@ pub(crate) enum WorkerMsg {
     },
     /// An error frame for one connection of this worker (for example `recipient_offline`).
     Notify { conn: u64, frame: Bytes },
-    /// A push API request. Every worker gets it and replies for the connections and users it owns.
+    /// A push API request for connections and users that this worker owns.
     Admin(AdminRequest),
 }
 
-/// A push API operation sent by the admin listener to each worker.
+/// A push API operation sent by the admin listener to the workers that own its targets.
 pub(crate) struct AdminRequest {
     pub op: AdminOp,
     pub reply: std::sync::mpsc::Sender<AdminReply>,
@@ -73,9 +73,10 @@ pub(crate) enum AdminOp {
 /// The state of a connection id as seen by one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ConnState {
-    /// Never allocated by the worker that would have allocated it.
+    /// Never issued.
     Unknown,
-    /// Allocated, but no longer open (or closing).
+    /// Issued, but not open: closed or closing, rejected by the per-user cap, still on its
+    /// way to this worker, or skipped while naming an anonymous connection.
     Closed,
     /// Open on this worker.
     Open,
@@ -183,7 +184,6 @@ pub(crate) struct Worker {
     warn_gate: RefCell<WarnGate>,
     conns: RefCell<AHashMap<u64, Rc<ConnHandle>>>,
     users: RefCell<AHashMap<String, UserEntry>>,
-    next_conn: Cell<u64>,
 }
 
 /// Binds one SO_REUSEPORT listener on `addr`.
@@ -237,7 +237,6 @@ pub(crate) fn run(
             shared,
             conns: RefCell::new(AHashMap::new()),
             users: RefCell::new(AHashMap::new()),
-            next_conn: Cell::new(0),
             warn_gate: RefCell::new(WarnGate::default()),
         });
         tokio_uring::spawn(inbox_loop(Rc::clone(&worker), inbox));
@@ -321,18 +320,17 @@ fn unix_now_millis() -> u64 {
 
 async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let accepted_at = Instant::now();
-    let conn_id = worker.allocate_conn_id();
     let timeout = worker.shared.config.handshake_timeout;
     let stream = Rc::new(stream);
     let admitted = match tokio::time::timeout(
         timeout,
-        read_upgrade(&worker, &stream, peer, conn_id, accepted_at),
+        read_upgrade(&worker, &stream, peer, accepted_at),
     )
     .await
     {
         Ok(admitted) => admitted,
         Err(_) => {
-            tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
+            tracing::debug!(worker = worker.index, %peer, "upgrade request timed out");
             worker.metrics().handshake_timeouts.inc();
             worker
                 .reject(&stream, &RejectReason::HandshakeTimeout, accepted_at)
@@ -348,7 +346,9 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     let Some(pending) = admitted else {
         return;
     };
+    let conn_id = pending.conn_id;
 
+    // The id names the worker that owns the user (see `ConnIds`).
     let owner = worker.shared.ring.owner(pending.user.as_bytes());
     if owner == worker.index {
         worker.admit(stream, pending).await;
@@ -391,12 +391,11 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
 }
 
 /// Reads and checks the upgrade request. On success the connection takes one slot under the
-/// process-wide cap.
+/// process-wide cap and has its connection id.
 async fn read_upgrade(
     worker: &Worker,
     stream: &TcpStream,
     peer: SocketAddr,
-    conn_id: u64,
     accepted_at: Instant,
 ) -> Option<Pending> {
     let shared = &worker.shared;
@@ -412,7 +411,7 @@ async fn read_upgrade(
         && !trusted.iter().any(|network| network.contains(peer.ip()))
     {
         // Only the configured proxies may speak for a client.
-        tracing::debug!(conn = conn_id, %peer, "PROXY protocol connection from an untrusted peer");
+        tracing::debug!(worker = worker.index, %peer, "PROXY protocol connection from an untrusted peer");
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return None;
     }
@@ -430,7 +429,7 @@ async fn read_upgrade(
                 Ok(None) => {}
                 Err(err) => {
                     // No response: the bytes did not come from the configured proxy.
-                    tracing::debug!(conn = conn_id, %peer, error = %err, "invalid PROXY protocol header");
+                    tracing::debug!(worker = worker.index, %peer, error = %err, "invalid PROXY protocol header");
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                     return None;
                 }
@@ -452,20 +451,22 @@ async fn read_upgrade(
             HandshakeStep::Reject(reason) => Some(Err(reason)),
             HandshakeStep::Accept { upgrade, head_len } => Some({
                 client = client_address(shared, client, upgrade.forwarded_for);
-                check_admission(shared, &upgrade, client, conn_id).map(|(user, token_exp)| {
-                    let mut response = Vec::with_capacity(160);
-                    handshake::write_switching_protocols(
-                        upgrade.key,
-                        upgrade.protocol,
-                        &mut response,
-                    );
-                    (user, token_exp, response, head_len)
-                })
+                check_admission(shared, &upgrade, client, worker.index).map(
+                    |(conn_id, user, token_exp)| {
+                        let mut response = Vec::with_capacity(160);
+                        handshake::write_switching_protocols(
+                            upgrade.key,
+                            upgrade.protocol,
+                            &mut response,
+                        );
+                        (conn_id, user, token_exp, response, head_len)
+                    },
+                )
             }),
         };
         match verdict {
             None => {}
-            Some(Ok((user, token_exp, accept_response, head_len))) => {
+            Some(Ok((conn_id, user, token_exp, accept_response, head_len))) => {
                 let leftover = buf.split_off(head_len);
                 return Some(Pending {
                     accepted_at,
@@ -478,7 +479,7 @@ async fn read_upgrade(
                 });
             }
             Some(Err(reason)) => {
-                tracing::debug!(conn = conn_id, peer = %client, status = reason.status(), reason = %reason, "upgrade rejected");
+                tracing::debug!(worker = worker.index, peer = %client, status = reason.status(), reason = %reason, "upgrade rejected");
                 worker.reject(stream, &reason, accepted_at).await;
                 return None;
             }
@@ -527,13 +528,15 @@ async fn serve_demo_page(stream: &TcpStream, path: &str) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-/// Per-IP rate, process cap and token, in that order (cheapest first).
+/// Per-IP rate, process cap and token, in that order (cheapest first). An admitted upgrade
+/// gets its connection id here, naming the worker that owns its user; returns the id, the
+/// user id and the token's `exp`.
 fn check_admission(
     shared: &Shared,
     upgrade: &handshake::Upgrade<'_>,
     client: SocketAddr,
-    conn_id: u64,
-) -> Result<(String, Option<u64>), RejectReason> {
+    worker_index: usize,
+) -> Result<(u64, String, Option<u64>), RejectReason> {
     if shared.is_draining() {
         return Err(RejectReason::ServerFull {
             retry_after_secs: 1,
@@ -558,10 +561,32 @@ fn check_admission(
             retry_after_secs: 5,
         });
     }
-    Ok(match claims {
-        Some(claims) => (claims.sub, Some(claims.exp)),
-        None => (format!("anon-{conn_id}"), None),
-    })
+    let issued = match claims {
+        Some(claims) => {
+            let owner = shared.ring.owner(claims.sub.as_bytes());
+            shared
+                .conn_ids
+                .issue(owner)
+                .map(|id| (id, claims.sub, Some(claims.exp)))
+        }
+        // The user id `anon-<id>` and the id must name the same owner. Trying this worker
+        // first avoids a hand-off whenever its next id fits (about one time in N with N workers).
+        None => shared
+            .conn_ids
+            .issue_anonymous(&shared.ring, worker_index)
+            .map(|(id, user)| (id, user, None)),
+    };
+    let Some(issued) = issued else {
+        shared.release_connection();
+        tracing::warn!(
+            worker = worker_index,
+            "connection ids of a worker are spent; rejecting upgrade"
+        );
+        return Err(RejectReason::ServerFull {
+            retry_after_secs: 5,
+        });
+    };
+    Ok(issued)
 }
 
 async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
@@ -719,12 +744,6 @@ impl Worker {
         tracing::info!(worker = self.index, "worker stopped");
     }
 
-    fn allocate_conn_id(&self) -> u64 {
-        let local = self.next_conn.get() + 1;
-        self.next_conn.set(local);
-        ((self.index as u64) << 48) | local
-    }
-
     /// Applies the per-user cap, sends the 101 and runs the connection to its end.
     async fn admit(self: Rc<Self>, stream: Rc<TcpStream>, pending: Pending) {
         let Pending {
@@ -861,7 +880,8 @@ impl Worker {
         self.notify(reply.worker, reply.conn, frame);
     }
 
-    /// Queues an encoded frame on connection `conn` of worker `target`.
+    /// Queues an encoded frame on connection `conn` of worker `target`; drops it (and counts
+    /// `queue_full`) when that worker's inbox is full.
     fn notify(&self, target: usize, conn: u64, frame: Bytes) {
         if target == self.index {
             if let Some(handle) = self.conns.borrow().get(&conn) {
@@ -879,7 +899,7 @@ impl Worker {
                     worker = self.index,
                     target,
                     suppressed,
-                    "inbox full; error notice dropped"
+                    "inbox full; frame for a connection dropped"
                 );
             }
         }
@@ -975,9 +995,9 @@ impl Worker {
         reply
     }
 
-    /// Returns the state of connection `id` as seen from this worker. Ids are allocated in order
-    /// by the accepting worker (`id >> 48`), so an id at or below that worker's last
-    /// allocated one that is open nowhere has been closed.
+    /// Returns the state of connection `id` as seen from this worker. Ids name their owning
+    /// worker (`id >> 48`) and are issued in order, so an id of this worker at or below its
+    /// last issued one that is not open here is closed.
     fn conn_state(&self, id: u64) -> ConnState {
         if let Some(handle) = self.conns.borrow().get(&id) {
             if handle.is_closing() {
@@ -985,9 +1005,12 @@ impl Worker {
             }
             return ConnState::Open;
         }
-        let allocator = usize::try_from(id >> 48).unwrap_or(usize::MAX);
-        let local = id & ((1 << 48) - 1);
-        if allocator == self.index && local > 0 && local <= self.next_conn.get() {
+        let workers = self.shared.inboxes.len();
+        let local = super::conn_id_local(id);
+        if super::conn_id_owner(id, workers) == Some(self.index)
+            && local > 0
+            && local <= self.shared.conn_ids.last_issued(self.index)
+        {
             return ConnState::Closed;
         }
         ConnState::Unknown
@@ -1156,25 +1179,12 @@ impl Worker {
         true
     }
 
-    /// Delivers `frame` to connection `conn`, which may live on any worker because the
-    /// accepting worker allocates the id and the owning worker runs the connection.
+    /// Delivers `frame` to connection `conn` through the worker its id names.
     fn deliver_conn(&self, conn: u64, frame: &Bytes) {
-        if let Some(handle) = self.conns.borrow().get(&conn) {
-            handle.push_encoded(frame);
+        let Some(owner) = super::conn_id_owner(conn, self.shared.inboxes.len()) else {
             return;
-        }
-        for (target, inbox) in self.shared.inboxes.iter().enumerate() {
-            if target == self.index {
-                continue;
-            }
-            let notice = WorkerMsg::Notify {
-                conn,
-                frame: frame.clone(),
-            };
-            if inbox.try_send(notice).is_err() {
-                self.metrics().queue_full.inc();
-            }
-        }
+        };
+        self.notify(owner, conn, frame.clone());
     }
 
     /// Delivers a chat message to every connection of its `to` user, with `from` set to the
