@@ -513,6 +513,109 @@ async fn http_backend_app_restart_answers_every_message() {
     assert!(unavailable > 0, "the kill made some messages fail");
 }
 
+/// Connects `user`, sends messages `0..count` one at a time and returns each answer: `ack` or
+/// the error code.
+async fn send_one_by_one(addr: SocketAddr, user: &str, count: usize) -> Vec<String> {
+    let mut client = connect_user(addr, user).await;
+    let mut answers = Vec::new();
+    for id in 0..count {
+        client.send(chat_message(id, None)).await.unwrap();
+        let answer = next_json(&mut client).await;
+        assert_eq!(answer["id"], id, "{answer}");
+        let kind = match answer["type"].as_str() {
+            Some("ack") => "ack",
+            _ => answer["code"].as_str().unwrap_or("other"),
+        };
+        answers.push(kind.to_owned());
+    }
+    answers
+}
+
+/// Waits until the worker's pending gauge is back at zero (it is updated after the answers
+/// are queued).
+async fn wait_pending_zero(server: &framegate::runtime::Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metrics().upstream_pending != [0] {
+        assert!(Instant::now() < deadline, "pending messages back to zero");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn upstream_metrics_count_failover_run() {
+    let failing = start_app(
+        loopback_any(),
+        Mode::Status(503),
+        Arc::new(Mutex::new(Received::default())),
+    );
+    let healthy = start_app(
+        loopback_any(),
+        Mode::Reply,
+        Arc::new(Mutex::new(Received::default())),
+    );
+    // One worker and a long back-off: the first batch fails on server 0 and is retried on
+    // server 1, and every later batch goes to server 1 only.
+    let server = start_server(config(
+        1,
+        &format!(
+            "backend = \"http\"\nrate_per_sec = 0\n[upstream]\n\
+             urls = [\"http://{}/\", \"http://{}/\"]\nbatch_max = 1\nbackoff_ms = 60000\n",
+            failing.addr, healthy.addr
+        ),
+    ));
+    let answers = send_one_by_one(server.local_addr(), "ivan", 3).await;
+    assert_eq!(answers, ["ack", "ack", "ack"]);
+    wait_pending_zero(&server).await;
+
+    let snap = server.metrics();
+    assert_eq!(snap.upstream_forwarded, 3);
+    assert_eq!(snap.upstream_batches, 3);
+    assert_eq!(snap.upstream_acknowledged, 3);
+    assert_eq!(snap.upstream_retries, 1);
+    assert_eq!(snap.upstream_down(0), 1);
+    assert_eq!(snap.upstream_down(1), 0);
+    assert_eq!(snap.upstream_rejected, 0);
+    assert_eq!(snap.upstream_unavailable, 0);
+    assert_eq!(snap.upstream_round_trip.count(), 4, "one 503 and three 200");
+    assert_eq!(snap.upstream_reads_paused, 0);
+}
+
+#[tokio::test]
+async fn upstream_metrics_count_rejected_and_unavailable() {
+    let rejecting = start_app(
+        loopback_any(),
+        Mode::Status(400),
+        Arc::new(Mutex::new(Received::default())),
+    );
+    let server = start_server(http_config(1, &[format!("http://{}/", rejecting.addr)], ""));
+    let answers = send_one_by_one(server.local_addr(), "judy", 2).await;
+    assert_eq!(answers, ["upstream_rejected", "upstream_rejected"]);
+    wait_pending_zero(&server).await;
+    let snap = server.metrics();
+    assert_eq!(snap.upstream_batches, 2);
+    assert_eq!(snap.upstream_rejected, 2);
+    assert_eq!(snap.upstream_acknowledged, 0);
+    assert_eq!(snap.upstream_retries, 0);
+    assert_eq!(snap.upstream_down(0), 0, "a 4xx does not take a server out");
+    assert_eq!(snap.upstream_round_trip.count(), 2);
+
+    // Nothing listens on this port: the connect fails and the message is unavailable.
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+    let server = start_server(http_config(1, &[closed], ""));
+    let answers = send_one_by_one(server.local_addr(), "judy", 1).await;
+    assert_eq!(answers, ["upstream_unavailable"]);
+    wait_pending_zero(&server).await;
+    let snap = server.metrics();
+    assert_eq!(snap.upstream_batches, 1);
+    assert_eq!(snap.upstream_unavailable, 1);
+    assert_eq!(snap.upstream_down(0), 1);
+    assert_eq!(
+        snap.upstream_round_trip.count(),
+        0,
+        "no response, no round trip"
+    );
+}
+
 #[test]
 fn http_backend_slow_app_blocks_client_writes() {
     let received = Arc::new(Mutex::new(Received::default()));
@@ -531,8 +634,8 @@ fn http_backend_slow_app_blocks_client_writes() {
             app.addr
         ),
     );
-    let addr = start(config);
-    let mut client = open(addr, "frank");
+    let server = start_server(config);
+    let mut client = open(server.local_addr(), "frank");
     client
         .stream
         .set_write_timeout(Some(Duration::from_secs(2)))
@@ -568,6 +671,13 @@ fn http_backend_slow_app_blocks_client_writes() {
     );
     // The application saw at most one batch (it is still sleeping on it).
     assert!(received.lock().unwrap().id_headers.len() <= 1);
+    let snap = server.metrics();
+    assert!(snap.upstream_reads_paused >= 1, "the reader paused");
+    assert!(
+        snap.upstream_pending[0] >= 16,
+        "the pending gauge reached max_pending_messages: {:?}",
+        snap.upstream_pending
+    );
 
     // A connection held back by the server is not closed for missing pongs: for well past
     // ping_interval + pong_timeout, no close frame arrives.

@@ -1031,6 +1031,11 @@ impl Worker {
             message.id.clone(),
         );
         forwarder.push(envelope);
+        let metrics = self.metrics();
+        metrics.upstream_forwarded.inc();
+        metrics
+            .upstream_pending
+            .set(i64::try_from(forwarder.pending.get()).unwrap_or(i64::MAX));
     }
 
     /// True when the queue to the application servers has reached `max_pending_messages`.
@@ -1046,6 +1051,9 @@ impl Worker {
         let Some(forwarder) = &self.forwarder else {
             return;
         };
+        if forwarder.pending.get() >= forwarder.max_pending {
+            self.metrics().upstream_reads_paused.inc();
+        }
         loop {
             let notified = forwarder.room.notified();
             tokio::pin!(notified);
@@ -1066,7 +1074,10 @@ impl Worker {
         batch: &[Envelope],
     ) {
         let settings = &self.shared.config.upstream;
+        let metrics = self.metrics();
+        metrics.upstream_batches.inc();
         let mut tried = vec![false; connections.len()];
+        let mut attempts = 0;
         while let Some(index) = pool.pick(Instant::now(), &tried) {
             if let Some(slot) = tried.get_mut(index) {
                 *slot = true;
@@ -1074,9 +1085,19 @@ impl Worker {
             let Some(connection) = connections.get_mut(index) else {
                 break;
             };
+            if attempts > 0 {
+                metrics.upstream_retries.inc();
+            }
+            attempts += 1;
             let request = upstream::encode_request(connection.url(), batch);
-            let failure = match connection.send(&request, settings.timeout).await {
+            let sent_at = Instant::now();
+            let outcome = connection.send(&request, settings.timeout).await;
+            if outcome.is_ok() {
+                metrics.upstream_round_trip.observe(sent_at.elapsed());
+            }
+            let failure = match outcome {
                 Ok(response) if (200..300).contains(&response.status) => {
+                    metrics.upstream_acknowledged.add(batch.len() as u64);
                     pool.mark_up(index);
                     self.apply_deliveries(&response.body);
                     return;
@@ -1106,6 +1127,7 @@ impl Worker {
                 Err(err) => err.to_string(),
             };
             pool.mark_down(index, Instant::now(), settings.backoff);
+            metrics.upstream_down(index);
             if let Some(suppressed) = self.warn_gate() {
                 tracing::warn!(worker = self.index, upstream = index, error = %failure, backoff_ms = settings.backoff.as_millis(), suppressed, "application server failed; trying the next one");
             }
@@ -1119,6 +1141,12 @@ impl Worker {
 
     /// Sends an error frame with `code` for every message of `batch` to its sender.
     fn answer_batch(&self, batch: &[Envelope], code: &str, detail: &str) {
+        let metrics = self.metrics();
+        match code {
+            "upstream_rejected" => metrics.upstream_rejected.add(batch.len() as u64),
+            "upstream_unavailable" => metrics.upstream_unavailable.add(batch.len() as u64),
+            _ => {}
+        }
         let conns = self.conns.borrow();
         for envelope in batch {
             if let Some(handle) = conns.get(&envelope.conn) {
@@ -1281,6 +1309,10 @@ async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
         worker.send_batch(&mut connections, &mut pool, &batch).await;
         forwarder.release(batch.len());
         batch.clear();
+        worker
+            .metrics()
+            .upstream_pending
+            .set(i64::try_from(forwarder.pending.get()).unwrap_or(i64::MAX));
     }
 }
 
