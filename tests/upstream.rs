@@ -616,6 +616,104 @@ async fn upstream_metrics_count_rejected_and_unavailable() {
     );
 }
 
+/// Reads until the close frame; returns every text message before it and the close code.
+async fn read_until_close(client: &mut Client) -> (Vec<serde_json::Value>, Option<u16>) {
+    let mut texts = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("frame within 10 s")
+            .expect("stream open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => texts.push(serde_json::from_str(&text).expect("JSON")),
+            Message::Close(frame) => return (texts, frame.map(|frame| u16::from(frame.code))),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn drain_answers_pending_messages_before_close() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(
+        loopback_any(),
+        Mode::Slow(Duration::from_millis(300)),
+        Arc::clone(&received),
+    );
+    let started = start_full(http_config(
+        1,
+        &[format!("http://{}/", app.addr)],
+        "drain_timeout_ms = 10000\ndrain_jitter_ms = 0",
+    ));
+    let mut client = connect_user(started.addr, "kate").await;
+    for id in 0..5 {
+        client.send(chat_message(id, None)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().envelopes.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first batch reaches the application"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    started.drain.drain();
+    let (texts, code) = read_until_close(&mut client).await;
+    assert_eq!(code, Some(1001));
+    let acked: Vec<u64> = texts
+        .iter()
+        .map(|text| {
+            assert_eq!(text["type"], "ack", "{text}");
+            text["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        acked,
+        [0, 1, 2, 3, 4],
+        "every pending message is acknowledged first"
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_answers_pending_as_unavailable() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(
+        loopback_any(),
+        Mode::Slow(Duration::from_secs(30)),
+        Arc::clone(&received),
+    );
+    let started = start_full(http_config(
+        1,
+        &[format!("http://{}/", app.addr)],
+        "drain_timeout_ms = 500\ndrain_jitter_ms = 0",
+    ));
+    let mut client = connect_user(started.addr, "liam").await;
+    for id in 0..3 {
+        client.send(chat_message(id, None)).await.unwrap();
+    }
+    // Usually the first batch is in flight by now and the rest queued; either way each
+    // message is pending when the drain starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    started.drain.drain();
+    let (texts, code) = read_until_close(&mut client).await;
+    assert_eq!(code, Some(1001));
+    let ids: Vec<u64> = texts
+        .iter()
+        .map(|text| {
+            assert_eq!(text["code"], "upstream_unavailable", "{text}");
+            text["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [0, 1, 2],
+        "every pending message is answered before the close"
+    );
+}
+
 #[test]
 fn http_backend_slow_app_blocks_client_writes() {
     let received = Arc::new(Mutex::new(Received::default()));

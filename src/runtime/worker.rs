@@ -139,6 +139,10 @@ struct WarnGate {
 pub(crate) struct Forwarder {
     /// Envelopes in arrival order, with the time each was queued.
     queue: RefCell<VecDeque<(Instant, Envelope)>>,
+    /// The batch being sent, if any; it still counts in `pending`.
+    in_flight: RefCell<Option<Rc<Vec<Envelope>>>>,
+    /// Set when the worker drains: readers take no more messages, so the queue can empty.
+    draining: Cell<bool>,
     /// Messages queued or in flight; readers wait while it is at `max_pending`.
     pending: Cell<usize>,
     max_pending: usize,
@@ -152,6 +156,8 @@ impl Forwarder {
     fn new(max_pending: usize) -> Self {
         Self {
             queue: RefCell::new(VecDeque::new()),
+            in_flight: RefCell::new(None),
+            draining: Cell::new(false),
             pending: Cell::new(0),
             max_pending,
             wake: Notify::new(),
@@ -715,6 +721,14 @@ impl Worker {
     /// then waits until they are gone or `drain_timeout` has passed.
     async fn drain(&self) {
         let config = &self.shared.config;
+        let started = tokio::time::Instant::now();
+        let deadline = started + config.drain_timeout;
+        // Every accepted message gets its answer before its connection's close frame. The
+        // pending messages get at most half the drain time, so the answers and the close
+        // frames still have the other half to reach the clients.
+        self.drain_upstream(started + config.drain_timeout / 2)
+            .await;
+
         let jitter_millis = u64::try_from(config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
         let handles: Vec<Rc<ConnHandle>> = self.conns.borrow().values().cloned().collect();
         let mut rng = rand::rng();
@@ -729,7 +743,6 @@ impl Worker {
                 &format!("going away; reconnect after {hint} ms"),
             );
         }
-        let deadline = tokio::time::Instant::now() + config.drain_timeout;
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -1038,15 +1051,20 @@ impl Worker {
             .set(i64::try_from(forwarder.pending.get()).unwrap_or(i64::MAX));
     }
 
-    /// True when the queue to the application servers has reached `max_pending_messages`.
+    /// True when the queue to the application servers has reached `max_pending_messages`, or
+    /// the worker is draining and takes no more messages.
+    ///
+    /// NOTE: a reader checks this before it handles a read, not between the messages of one
+    /// read, so each connection can pass the bound by the messages of one read.
     pub(crate) fn upstream_full(&self) -> bool {
-        self.forwarder
-            .as_ref()
-            .is_some_and(|forwarder| forwarder.pending.get() >= forwarder.max_pending)
+        self.forwarder.as_ref().is_some_and(|forwarder| {
+            forwarder.draining.get() || forwarder.pending.get() >= forwarder.max_pending
+        })
     }
 
     /// Resolves at once unless the queue to the application servers is full; then resolves
-    /// when it has room again.
+    /// when it has room again. While the worker drains it never resolves: the drain closes
+    /// the connection, which wakes its reader.
     pub(crate) async fn wait_for_upstream_room(&self) {
         let Some(forwarder) = &self.forwarder else {
             return;
@@ -1058,11 +1076,52 @@ impl Worker {
             let notified = forwarder.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if forwarder.pending.get() < forwarder.max_pending {
+            if !forwarder.draining.get() && forwarder.pending.get() < forwarder.max_pending {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Stops taking messages for the application servers and waits until every pending one
+    /// is acknowledged or answered, or `deadline` passes. Then every message still queued or
+    /// in flight gets `upstream_unavailable`, so none is left without an answer when the
+    /// connections close.
+    async fn drain_upstream(&self, deadline: tokio::time::Instant) {
+        let Some(forwarder) = &self.forwarder else {
+            return;
+        };
+        forwarder.draining.set(true);
+        while forwarder.pending.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if forwarder.pending.get() == 0 {
+            return;
+        }
+
+        let mut left: Vec<Envelope> = forwarder
+            .queue
+            .borrow_mut()
+            .drain(..)
+            .map(|(_, envelope)| envelope)
+            .collect();
+        // The batch in flight may still reach a server, so for it `upstream_unavailable` means
+        // the outcome is unknown.
+        if let Some(batch) = forwarder.in_flight.borrow_mut().take() {
+            left.splice(0..0, batch.iter().cloned());
+        }
+        tracing::warn!(
+            worker = self.index,
+            messages = left.len(),
+            "drain timeout reached with messages pending; answering upstream_unavailable"
+        );
+        self.answer_batch(
+            &left,
+            "upstream_unavailable",
+            "the server is shutting down before an application server accepted the message; retry after reconnecting",
+        );
+        forwarder.release(left.len());
+        self.metrics().upstream_pending.set(0);
     }
 
     /// Sends one batch to the first healthy upstream that takes it, trying each upstream at
@@ -1287,7 +1346,6 @@ async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
         .map(|target| Connection::new(target.url.clone()))
         .collect();
     let mut pool = Pool::new(connections.len());
-    let mut batch = Vec::with_capacity(settings.batch_max);
     loop {
         let first_queued_at = forwarder.queue.borrow().front().map(|(at, _)| *at);
         let Some(first_queued_at) = first_queued_at else {
@@ -1301,14 +1359,18 @@ async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
                 tokio::time::sleep_until(due.into()).await;
             }
         }
-        {
+        let batch: Rc<Vec<Envelope>> = {
             let mut queue = forwarder.queue.borrow_mut();
             let count = queue.len().min(settings.batch_max);
-            batch.extend(queue.drain(..count).map(|(_, envelope)| envelope));
-        }
+            Rc::new(queue.drain(..count).map(|(_, envelope)| envelope).collect())
+        };
+        *forwarder.in_flight.borrow_mut() = Some(Rc::clone(&batch));
         worker.send_batch(&mut connections, &mut pool, &batch).await;
+        // A drain that timed out has answered and released this batch already.
+        if forwarder.in_flight.borrow_mut().take().is_none() {
+            continue;
+        }
         forwarder.release(batch.len());
-        batch.clear();
         worker
             .metrics()
             .upstream_pending
