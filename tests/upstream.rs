@@ -262,7 +262,7 @@ fn set_push_key() {
     static SET: std::sync::Once = std::sync::Once::new();
     SET.call_once(|| {
         // SAFETY: only this function writes the environment in this test binary, once, before
-        // the server that reads it starts; no other thread reads or writes it meanwhile.
+        // the server that reads it starts. No other thread reads or writes it meanwhile.
         unsafe { std::env::set_var(KEY_VAR, KEY) };
     });
 }
