@@ -46,6 +46,31 @@ pub const MESSAGE_BOUNDS_NANOS: &[u64] = &[
     10_000_000,
 ];
 
+/// Bucket upper bounds of [`WorkerMetrics::upstream_round_trip`], in nanoseconds: 250 µs to
+/// 10 s. Round trips above 10 s (possible with `upstream.timeout_ms` above 10000) fall in
+/// the `+Inf` bucket.
+pub const UPSTREAM_BOUNDS_NANOS: &[u64] = &[
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Application servers counted one by one in [`WorkerMetrics::upstream_down`], by their
+/// index in `upstream.urls`; servers at higher indexes count as `other`.
+pub const UPSTREAM_SLOTS: usize = 16;
+
 /// Upgrade response statuses counted one by one; any other status counts as `other`.
 const UPGRADE_STATUSES: [u16; 12] = [101, 400, 401, 403, 404, 405, 408, 426, 429, 431, 503, 505];
 
@@ -281,6 +306,29 @@ pub struct WorkerMetrics {
     pub pings_sent: Counter,
     /// Connections closed because nothing arrived within `pong_timeout_ms` after a ping.
     pub pong_timeouts: Counter,
+    /// Messages queued or in flight to the application servers (`backend = "http"`).
+    pub upstream_pending: Gauge,
+    /// Messages queued for the application servers.
+    pub upstream_forwarded: Counter,
+    /// Batches taken from the queue and sent, counted once however many servers are tried.
+    pub upstream_batches: Counter,
+    /// Messages of batches that a server acknowledged with a 2xx response.
+    pub upstream_acknowledged: Counter,
+    /// Batches sent again to the next server after a server failed.
+    pub upstream_retries: Counter,
+    /// Messages whose sender got an `upstream_rejected` error frame (a 4xx response).
+    pub upstream_rejected: Counter,
+    /// Messages whose sender got an `upstream_unavailable` error frame (no server took the
+    /// batch).
+    pub upstream_unavailable: Counter,
+    /// Times each server was taken out of rotation after a failure; see
+    /// [`WorkerMetrics::upstream_down`].
+    upstream_down: [Counter; UPSTREAM_SLOTS + 1],
+    /// Times a connection stopped reading because `max_pending_messages` was reached.
+    pub upstream_reads_paused: Counter,
+    /// Time from sending a batch's POST to its complete response, for each POST that got a
+    /// response (any status).
+    pub upstream_round_trip: Histogram,
 }
 
 impl WorkerMetrics {
@@ -307,6 +355,26 @@ impl WorkerMetrics {
             handshake_timeouts: Counter::new(),
             pings_sent: Counter::new(),
             pong_timeouts: Counter::new(),
+            upstream_pending: Gauge::new(),
+            upstream_forwarded: Counter::new(),
+            upstream_batches: Counter::new(),
+            upstream_acknowledged: Counter::new(),
+            upstream_retries: Counter::new(),
+            upstream_rejected: Counter::new(),
+            upstream_unavailable: Counter::new(),
+            upstream_down: [const { Counter::new() }; UPSTREAM_SLOTS + 1],
+            upstream_reads_paused: Counter::new(),
+            upstream_round_trip: Histogram::new(UPSTREAM_BOUNDS_NANOS),
+        }
+    }
+
+    /// Counts application server `index` (its place in `upstream.urls`) being taken out of
+    /// rotation. Indexes from [`UPSTREAM_SLOTS`] up count as `other`.
+    #[inline]
+    pub fn upstream_down(&self, index: usize) {
+        let slot = index.min(UPSTREAM_SLOTS);
+        if let Some(counter) = self.upstream_down.get(slot) {
+            counter.inc();
         }
     }
 
@@ -412,6 +480,17 @@ pub struct Snapshot {
     pub handshake_timeouts: u64,
     pub pings_sent: u64,
     pub pong_timeouts: u64,
+    /// Messages queued or in flight to the application servers, per worker.
+    pub upstream_pending: Vec<i64>,
+    pub upstream_forwarded: u64,
+    pub upstream_batches: u64,
+    pub upstream_acknowledged: u64,
+    pub upstream_retries: u64,
+    pub upstream_rejected: u64,
+    pub upstream_unavailable: u64,
+    upstream_down: [u64; UPSTREAM_SLOTS + 1],
+    pub upstream_reads_paused: u64,
+    pub upstream_round_trip: HistogramSnapshot,
 }
 
 impl Snapshot {
@@ -442,6 +521,15 @@ impl Snapshot {
             .position(|&known| known == code)
             .unwrap_or(CLOSE_CODES.len());
         self.closes.get(slot).copied().unwrap_or(0)
+    }
+
+    /// Returns how often application server `index` was taken out of rotation; an index from
+    /// [`UPSTREAM_SLOTS`] up returns the `other` total.
+    pub fn upstream_down(&self, index: usize) -> u64 {
+        self.upstream_down
+            .get(index.min(UPSTREAM_SLOTS))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Returns the open connections over all workers.
@@ -475,6 +563,16 @@ pub fn snapshot(workers: &[&WorkerMetrics]) -> Snapshot {
         handshake_timeouts: 0,
         pings_sent: 0,
         pong_timeouts: 0,
+        upstream_pending: workers.iter().map(|w| w.upstream_pending.get()).collect(),
+        upstream_forwarded: 0,
+        upstream_batches: 0,
+        upstream_acknowledged: 0,
+        upstream_retries: 0,
+        upstream_rejected: 0,
+        upstream_unavailable: 0,
+        upstream_down: [0; UPSTREAM_SLOTS + 1],
+        upstream_reads_paused: 0,
+        upstream_round_trip: HistogramSnapshot::empty(UPSTREAM_BOUNDS_NANOS),
     };
     for worker in workers {
         add_counters(&mut snap.upgrades, &worker.upgrades);
@@ -499,6 +597,23 @@ pub fn snapshot(workers: &[&WorkerMetrics]) -> Snapshot {
         add(&mut snap.handshake_timeouts, &worker.handshake_timeouts);
         add(&mut snap.pings_sent, &worker.pings_sent);
         add(&mut snap.pong_timeouts, &worker.pong_timeouts);
+        add(&mut snap.upstream_forwarded, &worker.upstream_forwarded);
+        add(&mut snap.upstream_batches, &worker.upstream_batches);
+        add(
+            &mut snap.upstream_acknowledged,
+            &worker.upstream_acknowledged,
+        );
+        add(&mut snap.upstream_retries, &worker.upstream_retries);
+        add(&mut snap.upstream_rejected, &worker.upstream_rejected);
+        add(&mut snap.upstream_unavailable, &worker.upstream_unavailable);
+        add_counters(&mut snap.upstream_down, &worker.upstream_down);
+        add(
+            &mut snap.upstream_reads_paused,
+            &worker.upstream_reads_paused,
+        );
+        worker
+            .upstream_round_trip
+            .accumulate(&mut snap.upstream_round_trip);
     }
     snap
 }
@@ -651,6 +766,8 @@ fn write_snapshot(snap: &Snapshot, ready: bool, out: &mut String) {
         text.sample(name, &[], value);
     }
 
+    write_upstream(snap, &mut text);
+
     text.histogram(
         "framegate_handshake_duration_seconds",
         "Time from accepting a connection to queuing its upgrade response.",
@@ -660,6 +777,85 @@ fn write_snapshot(snap: &Snapshot, ready: bool, out: &mut String) {
         "framegate_message_processing_seconds",
         "Time to check and dispatch one complete client message.",
         &snap.message_processing,
+    );
+}
+
+/// Writes the families of the `http` backend.
+fn write_upstream(snap: &Snapshot, text: &mut Exposition<'_>) {
+    text.family(
+        "framegate_upstream_pending_messages",
+        "gauge",
+        "Messages queued or in flight to the application servers, per worker.",
+    );
+    for (worker, pending) in snap.upstream_pending.iter().enumerate() {
+        let worker = worker.to_string();
+        text.sample(
+            "framegate_upstream_pending_messages",
+            &[("worker", &worker)],
+            pending,
+        );
+    }
+
+    let counters = [
+        (
+            "framegate_upstream_forwarded_messages_total",
+            "Messages queued for the application servers.",
+            snap.upstream_forwarded,
+        ),
+        (
+            "framegate_upstream_batches_total",
+            "Batches sent to the application servers, counted once however many servers were tried.",
+            snap.upstream_batches,
+        ),
+        (
+            "framegate_upstream_acknowledged_messages_total",
+            "Messages acknowledged by a 2xx response.",
+            snap.upstream_acknowledged,
+        ),
+        (
+            "framegate_upstream_retries_total",
+            "Batches sent again to the next application server after one failed.",
+            snap.upstream_retries,
+        ),
+        (
+            "framegate_upstream_rejected_messages_total",
+            "Messages answered with upstream_rejected (4xx response).",
+            snap.upstream_rejected,
+        ),
+        (
+            "framegate_upstream_unavailable_messages_total",
+            "Messages answered with upstream_unavailable (no application server took the batch).",
+            snap.upstream_unavailable,
+        ),
+        (
+            "framegate_upstream_reads_paused_total",
+            "Times a connection stopped reading because max_pending_messages was reached.",
+            snap.upstream_reads_paused,
+        ),
+    ];
+    for (name, help, value) in counters {
+        text.family(name, "counter", help);
+        text.sample(name, &[], value);
+    }
+
+    text.family(
+        "framegate_upstream_down_total",
+        "counter",
+        "Times an application server was taken out of rotation, by its index in upstream.urls.",
+    );
+    let indexes = (0..UPSTREAM_SLOTS).map(|index| index.to_string());
+    for (index, value) in indexes.chain([OTHER.to_owned()]).zip(snap.upstream_down) {
+        text.sample(
+            "framegate_upstream_down_total",
+            &[("upstream", &index)],
+            value,
+        );
+    }
+
+    text.histogram(
+        "framegate_upstream_round_trip_seconds",
+        "Time from sending a batch to an application server to its complete response.",
+        &snap.upstream_round_trip,
     );
 }
 
@@ -1039,6 +1235,19 @@ mod tests {
         first.handshake_timeouts.inc();
         second.pings_sent.add(8);
         second.pong_timeouts.inc();
+        first.upstream_pending.set(5);
+        first.upstream_forwarded.add(9);
+        second.upstream_forwarded.add(2);
+        first.upstream_batches.add(3);
+        first.upstream_acknowledged.add(6);
+        first.upstream_retries.inc();
+        second.upstream_rejected.add(2);
+        second.upstream_unavailable.inc();
+        first.upstream_down(1);
+        second.upstream_down(1);
+        second.upstream_down(40);
+        second.upstream_reads_paused.add(4);
+        first.upstream_round_trip.observe(Duration::from_millis(3));
 
         first.handshake_duration.observe(Duration::from_micros(300));
         second.handshake_duration.observe(Duration::from_millis(1));
@@ -1208,10 +1417,26 @@ mod tests {
             ("framegate_handshake_timeouts_total", 1.0),
             ("framegate_pings_sent_total", 8.0),
             ("framegate_pong_timeouts_total", 1.0),
+            ("framegate_upstream_forwarded_messages_total", 11.0),
+            ("framegate_upstream_batches_total", 3.0),
+            ("framegate_upstream_acknowledged_messages_total", 6.0),
+            ("framegate_upstream_retries_total", 1.0),
+            ("framegate_upstream_rejected_messages_total", 2.0),
+            ("framegate_upstream_unavailable_messages_total", 1.0),
+            ("framegate_upstream_reads_paused_total", 4.0),
+            ("framegate_upstream_round_trip_seconds_count", 1.0),
         ];
         for (name, expected) in plain {
             assert_eq!(parsed.value(name, &[]), expected, "{name}");
         }
+
+        let pending = "framegate_upstream_pending_messages";
+        assert_eq!(parsed.value(pending, &[("worker", "0")]), 5.0);
+        assert_eq!(parsed.value(pending, &[("worker", "1")]), 0.0);
+        let down = "framegate_upstream_down_total";
+        assert_eq!(parsed.value(down, &[("upstream", "0")]), 0.0);
+        assert_eq!(parsed.value(down, &[("upstream", "1")]), 2.0);
+        assert_eq!(parsed.value(down, &[("upstream", "other")]), 1.0);
     }
 
     #[test]

@@ -162,6 +162,63 @@ fn push_connection_by_id_then_delete_then_410() {
     assert_eq!(status, 404);
 }
 
+/// Returns a user id that the shard ring gives to worker `owner` of `workers`.
+fn user_owned_by(owner: usize, workers: usize) -> String {
+    let ring = framegate::shard::Ring::new(workers).expect("ring");
+    (0..10_000)
+        .map(|i| format!("user{i}"))
+        .find(|user| ring.owner(user.as_bytes()) == owner)
+        .expect("a user for every worker")
+}
+
+/// Reads `framegate_handoffs_received_total` from the admin listener.
+fn handoffs_received(admin: SocketAddr) -> u64 {
+    let (_, text) = admin_get(admin, "/metrics");
+    text.lines()
+        .find_map(|line| line.strip_prefix("framegate_handoffs_received_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("handoffs counter in /metrics")
+}
+
+#[test]
+fn push_connection_handed_off_is_reachable_by_id() {
+    let started = push_server(2);
+    let admin = started.admin.expect("admin listener");
+    let user = user_owned_by(1, 2);
+
+    // The kernel spreads accepts over both workers, so some of these connections are
+    // accepted by worker 0 and handed off to worker 1, which owns the user. Ids of worker 1
+    // are (1 << 48) | n, with n counting admitted upgrades in order.
+    let mut clients = Vec::new();
+    while handoffs_received(admin) == 0 {
+        assert!(clients.len() < 32, "no connection was handed off");
+        clients.push(open(started.addr, &user));
+    }
+
+    for (n, client) in (1u64..).zip(clients.iter_mut()) {
+        let id = (1u64 << 48) | n;
+        let body = format!(r#"{{"to":{n}}}"#);
+        let path = format!("/v1/connections/{id}");
+        let (status, reply) = admin_request(admin, "POST", &path, Some(KEY), &body);
+        assert_eq!(status, 202, "connection {id}: {reply}");
+        assert_eq!(next_text(client)["to"], n);
+    }
+
+    let next = (1u64 << 48) | (clients.len() as u64 + 1);
+    let path = format!("/v1/connections/{next}");
+    let (status, _) = admin_request(admin, "POST", &path, Some(KEY), "{}");
+    assert_eq!(status, 404, "an id not yet issued is unknown");
+    let (status, _) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), "{}");
+    assert_eq!(status, 404, "worker 0 owns no connection");
+
+    let first = (1u64 << 48) | 1;
+    let path = format!("/v1/connections/{first}");
+    let (status, _) = admin_request(admin, "DELETE", &path, Some(KEY), "");
+    assert_eq!(status, 200);
+    let (status, _) = admin_request(admin, "POST", &path, Some(KEY), "{}");
+    assert_eq!(status, 410);
+}
+
 #[test]
 fn disconnect_users_closes_with_code() {
     let started = push_server(2);

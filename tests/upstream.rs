@@ -254,6 +254,78 @@ async fn http_backend_round_trip_acks_and_delivers() {
     assert_eq!(header_ids, body_ids);
 }
 
+/// Variable read by the servers of this test binary for the push API key.
+const KEY_VAR: &str = "FRAMEGATE_TEST_UPSTREAM_PUSH_KEY";
+const KEY: &str = "upstream-test-key-0123456789";
+
+fn set_push_key() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| {
+        // SAFETY: only this function writes the environment in this test binary, once, before
+        // the server that reads it starts. No other thread reads or writes it meanwhile.
+        unsafe { std::env::set_var(KEY_VAR, KEY) };
+    });
+}
+
+/// Sends `body` to `POST /v1/connections/{id}` on the admin listener; returns the status.
+fn push_to_connection(admin: SocketAddr, id: u64, body: &str) -> u16 {
+    let request = format!(
+        "POST /v1/connections/{id} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    status_of(&http_exchange(admin, request.as_bytes()))
+}
+
+#[tokio::test]
+async fn envelope_connection_id_reaches_push_api() {
+    set_push_key();
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(loopback_any(), Mode::Status(204), Arc::clone(&received));
+    let workers = 2;
+    let started = start_full(http_config(
+        workers,
+        &[format!("http://{}/ingest", app.addr)],
+        &format!("push_api_key_env = {KEY_VAR:?}"),
+    ));
+    let admin = started.admin.expect("admin listener");
+    let ring = framegate::shard::Ring::new(workers).unwrap();
+
+    // Several connections per user, so that some are accepted by the worker that does not
+    // own the user and handed off.
+    let users = ["erin", "frank", "grace", "heidi"];
+    let mut clients = Vec::new();
+    for (index, user) in users.iter().cycle().take(12).enumerate() {
+        let mut client = connect_user(started.addr, user).await;
+        client.send(chat_message(index, None)).await.unwrap();
+        clients.push(client);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().envelopes.len() < clients.len() {
+        assert!(
+            Instant::now() < deadline,
+            "every message reaches the application"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let envelopes = received.lock().unwrap().envelopes.clone();
+    for envelope in &envelopes {
+        let index = envelope["message"]["id"].as_u64().unwrap();
+        let id = envelope["connection_id"].as_u64().unwrap();
+        let user = envelope["user_id"].as_str().unwrap();
+        let owner = ring.owner(user.as_bytes()) as u64;
+        assert_eq!(id >> 48, owner, "connection {id} names the owner of {user}");
+        let worker = envelope["message_id"].as_str().unwrap().split('-').next();
+        assert_eq!(worker, Some(owner.to_string().as_str()));
+
+        let status = push_to_connection(admin, id, &format!(r#"{{"for":{index}}}"#));
+        assert_eq!(status, 202, "connection {id}");
+        let client = &mut clients[usize::try_from(index).unwrap()];
+        assert_eq!(next_json(client).await["for"], index);
+    }
+}
+
 #[tokio::test]
 async fn http_backend_failed_upstream_retries_on_next() {
     let failing = Arc::new(Mutex::new(Received::default()));
@@ -441,6 +513,207 @@ async fn http_backend_app_restart_answers_every_message() {
     assert!(unavailable > 0, "the kill made some messages fail");
 }
 
+/// Connects `user`, sends messages `0..count` one at a time and returns each answer: `ack` or
+/// the error code.
+async fn send_one_by_one(addr: SocketAddr, user: &str, count: usize) -> Vec<String> {
+    let mut client = connect_user(addr, user).await;
+    let mut answers = Vec::new();
+    for id in 0..count {
+        client.send(chat_message(id, None)).await.unwrap();
+        let answer = next_json(&mut client).await;
+        assert_eq!(answer["id"], id, "{answer}");
+        let kind = match answer["type"].as_str() {
+            Some("ack") => "ack",
+            _ => answer["code"].as_str().unwrap_or("other"),
+        };
+        answers.push(kind.to_owned());
+    }
+    answers
+}
+
+/// Waits until the worker's pending gauge is back at zero (it is updated after the answers
+/// are queued).
+async fn wait_pending_zero(server: &framegate::runtime::Server) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metrics().upstream_pending != [0] {
+        assert!(Instant::now() < deadline, "pending messages back to zero");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn upstream_metrics_count_failover_run() {
+    let failing = start_app(
+        loopback_any(),
+        Mode::Status(503),
+        Arc::new(Mutex::new(Received::default())),
+    );
+    let healthy = start_app(
+        loopback_any(),
+        Mode::Reply,
+        Arc::new(Mutex::new(Received::default())),
+    );
+    // One worker and a long back-off: the first batch fails on server 0 and is retried on
+    // server 1, and every later batch goes to server 1 only.
+    let server = start_server(config(
+        1,
+        &format!(
+            "backend = \"http\"\nrate_per_sec = 0\n[upstream]\n\
+             urls = [\"http://{}/\", \"http://{}/\"]\nbatch_max = 1\nbackoff_ms = 60000\n",
+            failing.addr, healthy.addr
+        ),
+    ));
+    let answers = send_one_by_one(server.local_addr(), "ivan", 3).await;
+    assert_eq!(answers, ["ack", "ack", "ack"]);
+    wait_pending_zero(&server).await;
+
+    let snap = server.metrics();
+    assert_eq!(snap.upstream_forwarded, 3);
+    assert_eq!(snap.upstream_batches, 3);
+    assert_eq!(snap.upstream_acknowledged, 3);
+    assert_eq!(snap.upstream_retries, 1);
+    assert_eq!(snap.upstream_down(0), 1);
+    assert_eq!(snap.upstream_down(1), 0);
+    assert_eq!(snap.upstream_rejected, 0);
+    assert_eq!(snap.upstream_unavailable, 0);
+    assert_eq!(snap.upstream_round_trip.count(), 4, "one 503 and three 200");
+    assert_eq!(snap.upstream_reads_paused, 0);
+}
+
+#[tokio::test]
+async fn upstream_metrics_count_rejected_and_unavailable() {
+    let rejecting = start_app(
+        loopback_any(),
+        Mode::Status(400),
+        Arc::new(Mutex::new(Received::default())),
+    );
+    let server = start_server(http_config(1, &[format!("http://{}/", rejecting.addr)], ""));
+    let answers = send_one_by_one(server.local_addr(), "judy", 2).await;
+    assert_eq!(answers, ["upstream_rejected", "upstream_rejected"]);
+    wait_pending_zero(&server).await;
+    let snap = server.metrics();
+    assert_eq!(snap.upstream_batches, 2);
+    assert_eq!(snap.upstream_rejected, 2);
+    assert_eq!(snap.upstream_acknowledged, 0);
+    assert_eq!(snap.upstream_retries, 0);
+    assert_eq!(snap.upstream_down(0), 0, "a 4xx does not take a server out");
+    assert_eq!(snap.upstream_round_trip.count(), 2);
+
+    // Nothing listens on this port: the connect fails and the message is unavailable.
+    let closed = format!("http://127.0.0.1:{}/", free_port());
+    let server = start_server(http_config(1, &[closed], ""));
+    let answers = send_one_by_one(server.local_addr(), "judy", 1).await;
+    assert_eq!(answers, ["upstream_unavailable"]);
+    wait_pending_zero(&server).await;
+    let snap = server.metrics();
+    assert_eq!(snap.upstream_batches, 1);
+    assert_eq!(snap.upstream_unavailable, 1);
+    assert_eq!(snap.upstream_down(0), 1);
+    assert_eq!(
+        snap.upstream_round_trip.count(),
+        0,
+        "no response, no round trip"
+    );
+}
+
+/// Reads until the close frame; returns every text message before it and the close code.
+async fn read_until_close(client: &mut Client) -> (Vec<serde_json::Value>, Option<u16>) {
+    let mut texts = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
+            .await
+            .expect("frame within 10 s")
+            .expect("stream open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => texts.push(serde_json::from_str(&text).expect("JSON")),
+            Message::Close(frame) => return (texts, frame.map(|frame| u16::from(frame.code))),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn drain_answers_pending_messages_before_close() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(
+        loopback_any(),
+        Mode::Slow(Duration::from_millis(300)),
+        Arc::clone(&received),
+    );
+    let started = start_full(http_config(
+        1,
+        &[format!("http://{}/", app.addr)],
+        "drain_timeout_ms = 10000\ndrain_jitter_ms = 0",
+    ));
+    let mut client = connect_user(started.addr, "kate").await;
+    for id in 0..5 {
+        client.send(chat_message(id, None)).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while received.lock().unwrap().envelopes.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the first batch reaches the application"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    started.drain.drain();
+    let (texts, code) = read_until_close(&mut client).await;
+    assert_eq!(code, Some(1001));
+    let acked: Vec<u64> = texts
+        .iter()
+        .map(|text| {
+            assert_eq!(text["type"], "ack", "{text}");
+            text["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        acked,
+        [0, 1, 2, 3, 4],
+        "every pending message is acknowledged first"
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_answers_pending_as_unavailable() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let app = start_app(
+        loopback_any(),
+        Mode::Slow(Duration::from_secs(30)),
+        Arc::clone(&received),
+    );
+    let started = start_full(http_config(
+        1,
+        &[format!("http://{}/", app.addr)],
+        "drain_timeout_ms = 500\ndrain_jitter_ms = 0",
+    ));
+    let mut client = connect_user(started.addr, "liam").await;
+    for id in 0..3 {
+        client.send(chat_message(id, None)).await.unwrap();
+    }
+    // Usually the first batch is in flight by now and the rest queued; either way each
+    // message is pending when the drain starts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    started.drain.drain();
+    let (texts, code) = read_until_close(&mut client).await;
+    assert_eq!(code, Some(1001));
+    let ids: Vec<u64> = texts
+        .iter()
+        .map(|text| {
+            assert_eq!(text["code"], "upstream_unavailable", "{text}");
+            text["id"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        [0, 1, 2],
+        "every pending message is answered before the close"
+    );
+}
+
 #[test]
 fn http_backend_slow_app_blocks_client_writes() {
     let received = Arc::new(Mutex::new(Received::default()));
@@ -459,8 +732,8 @@ fn http_backend_slow_app_blocks_client_writes() {
             app.addr
         ),
     );
-    let addr = start(config);
-    let mut client = open(addr, "frank");
+    let server = start_server(config);
+    let mut client = open(server.local_addr(), "frank");
     client
         .stream
         .set_write_timeout(Some(Duration::from_secs(2)))
@@ -496,6 +769,13 @@ fn http_backend_slow_app_blocks_client_writes() {
     );
     // The application saw at most one batch (it is still sleeping on it).
     assert!(received.lock().unwrap().id_headers.len() <= 1);
+    let snap = server.metrics();
+    assert!(snap.upstream_reads_paused >= 1, "the reader paused");
+    assert!(
+        snap.upstream_pending[0] >= 16,
+        "the pending gauge reached max_pending_messages: {:?}",
+        snap.upstream_pending
+    );
 
     // A connection held back by the server is not closed for missing pongs: for well past
     // ping_interval + pong_timeout, no close frame arrives.

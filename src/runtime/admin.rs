@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use tokio::sync::mpsc;
 
 use super::{AdminOp, AdminReply, AdminRequest, ConnState, Shared, WorkerMsg};
 use crate::frame::CloseCode;
@@ -314,11 +315,16 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
         }
     };
     let frame = super::worker::text_frame(request.message.to_string().as_bytes());
-    let users = request.users;
-    let reply = match broadcast(shared, || AdminOp::PushUsers {
-        users: users.clone(),
-        frame: frame.clone(),
-    }) {
+    let ops = group_users(shared, request.users)
+        .into_iter()
+        .enumerate()
+        .filter(|(_, users)| !users.is_empty())
+        .map(|(worker, users)| {
+            let frame = frame.clone();
+            (worker, AdminOp::PushUsers { users, frame })
+        })
+        .collect();
+    let reply = match run_on_workers(shared, ops) {
         Ok(reply) => reply,
         Err(reply) => return reply,
     };
@@ -335,11 +341,15 @@ fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
             );
         }
     };
+    let Some(owner) = super::conn_id_owner(id, shared.inboxes.len()) else {
+        return Reply::error(404, "unknown connection id");
+    };
     let frame = super::worker::text_frame(message.to_string().as_bytes());
-    let reply = match broadcast(shared, || AdminOp::PushConns {
+    let op = AdminOp::PushConns {
         conns: vec![id],
-        frame: frame.clone(),
-    }) {
+        frame,
+    };
+    let reply = match run_on_workers(shared, vec![(owner, op)]) {
         Ok(reply) => reply,
         Err(reply) => return reply,
     };
@@ -347,12 +357,16 @@ fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
 }
 
 fn close_connection(shared: &Shared, id: u64) -> Reply {
-    let reply = match broadcast(shared, || AdminOp::Close {
+    let Some(owner) = super::conn_id_owner(id, shared.inboxes.len()) else {
+        return Reply::error(404, "unknown connection id");
+    };
+    let op = AdminOp::Close {
         conns: vec![id],
         users: Vec::new(),
         code: CloseCode::NORMAL,
         reason: "closed by the application".to_owned(),
-    }) {
+    };
+    let reply = match run_on_workers(shared, vec![(owner, op)]) {
         Ok(reply) => reply,
         Err(reply) => return reply,
     };
@@ -380,12 +394,24 @@ fn disconnect(shared: &Shared, body: &[u8]) -> Reply {
     }
     let reason = request.reason.unwrap_or_default();
     let reason = crate::conn::truncate_reason(&reason).to_owned();
-    let reply = match broadcast(shared, || AdminOp::Close {
-        conns: request.connection_ids.clone(),
-        users: request.users.clone(),
-        code: CloseCode(code),
-        reason: reason.clone(),
-    }) {
+    let users = group_users(shared, request.users);
+    let conns = group_conns(shared.inboxes.len(), &request.connection_ids);
+    let ops = users
+        .into_iter()
+        .zip(conns)
+        .enumerate()
+        .filter(|(_, (users, conns))| !users.is_empty() || !conns.is_empty())
+        .map(|(worker, (users, conns))| {
+            let op = AdminOp::Close {
+                conns,
+                users,
+                code: CloseCode(code),
+                reason: reason.clone(),
+            };
+            (worker, op)
+        })
+        .collect();
+    let reply = match run_on_workers(shared, ops) {
         Ok(reply) => reply,
         Err(reply) => return reply,
     };
@@ -420,37 +446,84 @@ fn single_connection_reply(status: u16, reply: &AdminReply) -> Reply {
     }
 }
 
-/// Sends `make()` to every worker and merges their replies.
-fn broadcast(shared: &Shared, make: impl Fn() -> AdminOp) -> Result<AdminReply, Reply> {
-    let mut receivers = Vec::with_capacity(shared.inboxes.len());
-    for inbox in &shared.inboxes {
-        let (reply, receiver) = std::sync::mpsc::channel();
-        let request = AdminRequest { op: make(), reply };
-        if inbox.try_send(WorkerMsg::Admin(request)).is_err() {
-            return Err(Reply::error(503, "a worker queue is full; retry shortly"));
+/// Splits `users` by the worker that owns each (the shard ring); index `i` is worker `i`.
+fn group_users(shared: &Shared, users: Vec<String>) -> Vec<Vec<String>> {
+    let mut groups = vec![Vec::new(); shared.inboxes.len()];
+    for user in users {
+        if let Some(group) = groups.get_mut(shared.ring.owner(user.as_bytes())) {
+            group.push(user);
         }
+    }
+    groups
+}
+
+/// Splits connection ids by the worker each names; index `i` is worker `i`. An id that names
+/// no worker is unknown and left out.
+fn group_conns(workers: usize, ids: &[u64]) -> Vec<Vec<u64>> {
+    let mut groups = vec![Vec::new(); workers];
+    for &id in ids {
+        if let Some(group) =
+            super::conn_id_owner(id, workers).and_then(|owner| groups.get_mut(owner))
+        {
+            group.push(id);
+        }
+    }
+    groups
+}
+
+/// Reserves one slot in each of `inboxes`, or none: when one inbox is full, the permits
+/// already taken are dropped, which gives their slots back.
+fn reserve_all<'a, T>(
+    inboxes: impl IntoIterator<Item = &'a mpsc::Sender<T>>,
+) -> Option<Vec<mpsc::Permit<'a, T>>>
+where
+    T: 'a,
+{
+    inboxes
+        .into_iter()
+        .map(|inbox| inbox.try_reserve().ok())
+        .collect()
+}
+
+/// Sends each `(worker, op)` to that worker and merges the replies. Every target inbox gets
+/// its slot reserved before any operation is sent, so a full inbox returns 503 with nothing
+/// applied and the client can retry without duplicates.
+fn run_on_workers(shared: &Shared, ops: Vec<(usize, AdminOp)>) -> Result<AdminReply, Reply> {
+    let busy = || {
+        let mut reply = Reply::error(503, "a worker queue is full; retry shortly");
+        reply.extra_header = Some("Retry-After: 1");
+        reply
+    };
+    let inboxes: Option<Vec<&mpsc::Sender<WorkerMsg>>> = ops
+        .iter()
+        .map(|(worker, _)| shared.inboxes.get(*worker))
+        .collect();
+    let Some(inboxes) = inboxes else {
+        return Err(Reply::error(500, "internal error: no such worker"));
+    };
+    let Some(permits) = reserve_all(inboxes) else {
+        return Err(busy());
+    };
+
+    let mut receivers = Vec::with_capacity(ops.len());
+    for (permit, (_, op)) in permits.into_iter().zip(ops) {
+        let (reply, receiver) = std::sync::mpsc::channel();
+        permit.send(WorkerMsg::Admin(AdminRequest { op, reply }));
         receivers.push(receiver);
     }
+
     let deadline = Instant::now() + WORKER_REPLY_TIMEOUT;
     let mut merged = AdminReply::default();
     for receiver in receivers {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(reply) = receiver.recv_timeout(left) else {
-            return Err(Reply::error(
-                503,
-                "a worker did not answer in time; retry shortly",
-            ));
+            let mut reply = Reply::error(503, "a worker did not answer in time; retry shortly");
+            reply.extra_header = Some("Retry-After: 1");
+            return Err(reply);
         };
         merged.users += reply.users;
         merged.connections += reply.connections;
-        if merged.conn_states.len() < reply.conn_states.len() {
-            merged
-                .conn_states
-                .resize(reply.conn_states.len(), ConnState::Unknown);
-        }
-        for (slot, state) in merged.conn_states.iter_mut().zip(reply.conn_states) {
-            *slot = (*slot).max(state);
-        }
+        merged.conn_states.extend(reply.conn_states);
     }
     Ok(merged)
 }
@@ -466,6 +539,7 @@ fn respond(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
         410 => "Gone",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "Error",
     };
@@ -483,4 +557,48 @@ fn respond(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
     stream.write_all(response.as_bytes())?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserve_all_with_full_inbox_sends_nothing() {
+        let (first, mut first_rx) = mpsc::channel::<u8>(1);
+        let (second, _second_rx) = mpsc::channel::<u8>(1);
+        second.try_send(0).unwrap();
+
+        assert!(reserve_all([&first, &second]).is_none());
+
+        assert!(
+            first_rx.try_recv().is_err(),
+            "nothing reached the first inbox"
+        );
+        assert!(
+            first.try_reserve().is_ok(),
+            "the failed call gave back its slot in the first inbox"
+        );
+    }
+
+    #[test]
+    fn reserve_all_with_room_reaches_every_inbox() {
+        let (first, mut first_rx) = mpsc::channel::<u8>(1);
+        let (second, mut second_rx) = mpsc::channel::<u8>(1);
+
+        let permits = reserve_all([&first, &second]).unwrap();
+        for (value, permit) in permits.into_iter().enumerate() {
+            permit.send(u8::try_from(value).unwrap());
+        }
+
+        assert_eq!(first_rx.try_recv().unwrap(), 0);
+        assert_eq!(second_rx.try_recv().unwrap(), 1);
+    }
+
+    #[test]
+    fn group_conns_splits_by_owner_and_drops_unknown() {
+        let ids = [(1 << 48) | 3, 7, (5 << 48) | 1, (1 << 48) | 4];
+        let groups = group_conns(2, &ids);
+        assert_eq!(groups, vec![vec![7], vec![(1 << 48) | 3, (1 << 48) | 4]]);
+    }
 }

@@ -10,6 +10,7 @@
 //! What is shared between workers, and when it is touched:
 //! - the open-connection counter (an atomic), once per accepted and once per closed connection;
 //! - the per-IP upgrade limiter (a mutex), once per upgrade request;
+//! - the connection id counters (atomics, one per worker), once per admitted upgrade;
 //! - the workers' inboxes (bounded tokio channels), once per hand-off or cross-core delivery.
 //!
 //! Nothing shared is touched per frame.
@@ -20,7 +21,7 @@ mod uring;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub verifier: Verifier,
     pub ring: Ring,
     pub inboxes: Vec<mpsc::Sender<WorkerMsg>>,
+    /// Connection ids issued so far, per owning worker.
+    pub conn_ids: ConnIds,
     pub open_connections: AtomicUsize,
     pub ip_limiter: Mutex<IpLimiter>,
     /// Set once by a drain; never cleared.
@@ -120,6 +123,103 @@ impl Shared {
             self.config.upgrade_burst_per_ip,
         )
     }
+}
+
+/// Bits of a connection id below the owning worker's index.
+pub(crate) const CONN_ID_WORKER_SHIFT: u32 = 48;
+/// Largest per-worker part of a connection id.
+const CONN_ID_LOCAL_MAX: u64 = (1 << CONN_ID_WORKER_SHIFT) - 1;
+/// Passes over the workers before naming an anonymous connection gives up. One pass fails
+/// with probability below 0.37 (every worker's next id names a user another worker owns), so
+/// 64 passes fail about once in 10^27.
+const ANONYMOUS_ID_PASSES: usize = 64;
+
+/// Issues connection ids: `(owner << 48) | n`, where `owner` is the worker that owns the
+/// connection's user and `n` counts from 1 per owner. Ids are issued in order, never twice
+/// in one process, so the owner can tell an id it issued (open or not) from one it never
+/// issued.
+///
+/// Any worker may issue an id for any owner (once per admitted upgrade), so each owner's
+/// count is an atomic.
+pub(crate) struct ConnIds {
+    /// Last `n` issued for each owner, by worker index.
+    last: Vec<AtomicU64>,
+}
+
+impl ConnIds {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            last: (0..workers).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Issues the next id owned by worker `owner`; `None` when `owner` is out of range or its
+    /// 2^48 - 1 ids are spent.
+    pub(crate) fn issue(&self, owner: usize) -> Option<u64> {
+        let counter = self.last.get(owner)?;
+        let n = counter.fetch_add(1, Ordering::Relaxed).checked_add(1)?;
+        compose_conn_id(owner, n)
+    }
+
+    /// Issues an id for an anonymous connection, whose user id `anon-<id>` must be owned
+    /// (by the shard ring) by the worker the id names. Tries each worker's next id, starting
+    /// at `first`; when none fits, it skips one id of `first` and tries again. A skipped id
+    /// counts as issued, so the push API answers 410 for it. Returns the id and user id, or
+    /// `None` when no id fits after [`ANONYMOUS_ID_PASSES`] passes.
+    pub(crate) fn issue_anonymous(&self, ring: &Ring, first: usize) -> Option<(u64, String)> {
+        let workers = self.last.len();
+        if workers == 0 {
+            return None;
+        }
+        for _ in 0..ANONYMOUS_ID_PASSES {
+            for step in 0..workers {
+                let owner = (first + step) % workers;
+                let counter = self.last.get(owner)?;
+                let last = counter.load(Ordering::Relaxed);
+                let id = compose_conn_id(owner, last.checked_add(1)?)?;
+                let user = format!("anon-{id}");
+                if ring.owner(user.as_bytes()) != owner {
+                    continue;
+                }
+                // Another worker may have issued the same number meanwhile; then move on.
+                if counter
+                    .compare_exchange(last, last + 1, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Some((id, user));
+                }
+            }
+            self.issue(first % workers)?;
+        }
+        None
+    }
+
+    /// Returns the last `n` issued for worker `owner` (0 before the first).
+    pub(crate) fn last_issued(&self, owner: usize) -> u64 {
+        self.last
+            .get(owner)
+            .map_or(0, |counter| counter.load(Ordering::Relaxed))
+    }
+}
+
+fn compose_conn_id(owner: usize, n: u64) -> Option<u64> {
+    if n == 0 || n > CONN_ID_LOCAL_MAX {
+        return None;
+    }
+    let owner = u64::try_from(owner).ok()?;
+    Some((owner << CONN_ID_WORKER_SHIFT) | n)
+}
+
+/// Returns the worker that owns connection `id`; `None` when `id` names no worker of a
+/// process with `workers` workers.
+pub(crate) fn conn_id_owner(id: u64, workers: usize) -> Option<usize> {
+    let owner = usize::try_from(id >> CONN_ID_WORKER_SHIFT).ok()?;
+    (owner < workers).then_some(owner)
+}
+
+/// Returns the per-worker part of connection `id`.
+pub(crate) fn conn_id_local(id: u64) -> u64 {
+    id & CONN_ID_LOCAL_MAX
 }
 
 /// Per-client-IP upgrade buckets, shared by all workers so the limit is exact per process.
@@ -207,6 +307,41 @@ mod tests {
         assert_ne!(limiter_key(a), limiter_key(c));
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
         assert_eq!(limiter_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn conn_ids_name_owner_and_count_from_one() {
+        let ids = ConnIds::new(3);
+        assert_eq!(ids.issue(2), Some((2 << 48) | 1));
+        assert_eq!(ids.issue(2), Some((2 << 48) | 2));
+        assert_eq!(ids.issue(0), Some(1));
+        assert_eq!(ids.last_issued(2), 2);
+        assert_eq!(ids.last_issued(1), 0);
+        assert_eq!(ids.issue(3), None);
+    }
+
+    #[test]
+    fn conn_ids_anonymous_user_is_owned_by_id_worker() {
+        let workers = 4;
+        let ring = Ring::new(workers).unwrap();
+        let ids = ConnIds::new(workers);
+        let mut seen = std::collections::HashSet::new();
+        for first in (0..workers).cycle().take(200) {
+            let (id, user) = ids.issue_anonymous(&ring, first).unwrap();
+            assert_eq!(user, format!("anon-{id}"));
+            let owner = conn_id_owner(id, workers).unwrap();
+            assert_eq!(ring.owner(user.as_bytes()), owner);
+            assert!(conn_id_local(id) <= ids.last_issued(owner));
+            assert!(seen.insert(id), "id {id} issued twice");
+        }
+    }
+
+    #[test]
+    fn conn_id_owner_beyond_workers_is_none() {
+        assert_eq!(conn_id_owner((1 << 48) | 5, 2), Some(1));
+        assert_eq!(conn_id_owner((2 << 48) | 5, 2), None);
+        assert_eq!(conn_id_owner(u64::MAX, 1024), None);
+        assert_eq!(conn_id_local((1 << 48) | 5), 5);
     }
 
     #[test]
@@ -409,6 +544,7 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
         verifier,
         ring,
         inboxes: senders,
+        conn_ids: ConnIds::new(workers),
         open_connections: AtomicUsize::new(0),
         ip_limiter: Mutex::new(IpLimiter::new()),
         draining: AtomicBool::new(false),

@@ -46,11 +46,11 @@ pub(crate) enum WorkerMsg {
     },
     /// An error frame for one connection of this worker (for example `recipient_offline`).
     Notify { conn: u64, frame: Bytes },
-    /// A push API request. Every worker gets it and replies for the connections and users it owns.
+    /// A push API request for connections and users that this worker owns.
     Admin(AdminRequest),
 }
 
-/// A push API operation sent by the admin listener to each worker.
+/// A push API operation sent by the admin listener to the workers that own its targets.
 pub(crate) struct AdminRequest {
     pub op: AdminOp,
     pub reply: std::sync::mpsc::Sender<AdminReply>,
@@ -73,9 +73,10 @@ pub(crate) enum AdminOp {
 /// The state of a connection id as seen by one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum ConnState {
-    /// Never allocated by the worker that would have allocated it.
+    /// Never issued.
     Unknown,
-    /// Allocated, but no longer open (or closing).
+    /// Issued, but not open: closed or closing, rejected by the per-user cap, still on its
+    /// way to this worker, or skipped while naming an anonymous connection.
     Closed,
     /// Open on this worker.
     Open,
@@ -138,6 +139,10 @@ struct WarnGate {
 pub(crate) struct Forwarder {
     /// Envelopes in arrival order, with the time each was queued.
     queue: RefCell<VecDeque<(Instant, Envelope)>>,
+    /// The batch being sent, if any; it still counts in `pending`.
+    in_flight: RefCell<Option<Rc<Vec<Envelope>>>>,
+    /// Set when the worker drains: readers take no more messages, so the queue can empty.
+    draining: Cell<bool>,
     /// Messages queued or in flight; readers wait while it is at `max_pending`.
     pending: Cell<usize>,
     max_pending: usize,
@@ -151,6 +156,8 @@ impl Forwarder {
     fn new(max_pending: usize) -> Self {
         Self {
             queue: RefCell::new(VecDeque::new()),
+            in_flight: RefCell::new(None),
+            draining: Cell::new(false),
             pending: Cell::new(0),
             max_pending,
             wake: Notify::new(),
@@ -183,7 +190,6 @@ pub(crate) struct Worker {
     warn_gate: RefCell<WarnGate>,
     conns: RefCell<AHashMap<u64, Rc<ConnHandle>>>,
     users: RefCell<AHashMap<String, UserEntry>>,
-    next_conn: Cell<u64>,
 }
 
 /// Binds one SO_REUSEPORT listener on `addr`.
@@ -237,7 +243,6 @@ pub(crate) fn run(
             shared,
             conns: RefCell::new(AHashMap::new()),
             users: RefCell::new(AHashMap::new()),
-            next_conn: Cell::new(0),
             warn_gate: RefCell::new(WarnGate::default()),
         });
         tokio_uring::spawn(inbox_loop(Rc::clone(&worker), inbox));
@@ -321,18 +326,17 @@ fn unix_now_millis() -> u64 {
 
 async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr) {
     let accepted_at = Instant::now();
-    let conn_id = worker.allocate_conn_id();
     let timeout = worker.shared.config.handshake_timeout;
     let stream = Rc::new(stream);
     // Boxed so that the upgrade's state is freed once it is over.
     let upgrade = Box::pin(tokio::time::timeout(
         timeout,
-        read_upgrade(&worker, &stream, peer, conn_id, accepted_at),
+        read_upgrade(&worker, &stream, peer, accepted_at),
     ));
     let admitted = match upgrade.await {
         Ok(admitted) => admitted,
         Err(_) => {
-            tracing::debug!(conn = conn_id, %peer, "upgrade request timed out");
+            tracing::debug!(worker = worker.index, %peer, "upgrade request timed out");
             worker.metrics().handshake_timeouts.inc();
             worker
                 .reject(&stream, &RejectReason::HandshakeTimeout, accepted_at)
@@ -348,7 +352,9 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
     let Some(pending) = admitted else {
         return;
     };
+    let conn_id = pending.conn_id;
 
+    // The id names the worker that owns the user (see `ConnIds`).
     let owner = worker.shared.ring.owner(pending.user.as_bytes());
     if owner == worker.index {
         worker.admit(stream, pending).await;
@@ -391,12 +397,11 @@ async fn handshake_task(worker: Rc<Worker>, stream: TcpStream, peer: SocketAddr)
 }
 
 /// Reads and checks the upgrade request. On success the connection takes one slot under the
-/// process-wide cap.
+/// process-wide cap and has its connection id.
 async fn read_upgrade(
     worker: &Worker,
     stream: &TcpStream,
     peer: SocketAddr,
-    conn_id: u64,
     accepted_at: Instant,
 ) -> Option<Pending> {
     let shared = &worker.shared;
@@ -412,7 +417,7 @@ async fn read_upgrade(
         && !trusted.iter().any(|network| network.contains(peer.ip()))
     {
         // Only the configured proxies may speak for a client.
-        tracing::debug!(conn = conn_id, %peer, "PROXY protocol connection from an untrusted peer");
+        tracing::debug!(worker = worker.index, %peer, "PROXY protocol connection from an untrusted peer");
         let _ = stream.shutdown(std::net::Shutdown::Both);
         return None;
     }
@@ -430,7 +435,7 @@ async fn read_upgrade(
                 Ok(None) => {}
                 Err(err) => {
                     // No response: the bytes did not come from the configured proxy.
-                    tracing::debug!(conn = conn_id, %peer, error = %err, "invalid PROXY protocol header");
+                    tracing::debug!(worker = worker.index, %peer, error = %err, "invalid PROXY protocol header");
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                     return None;
                 }
@@ -452,20 +457,22 @@ async fn read_upgrade(
             HandshakeStep::Reject(reason) => Some(Err(reason)),
             HandshakeStep::Accept { upgrade, head_len } => Some({
                 client = client_address(shared, client, upgrade.forwarded_for);
-                check_admission(shared, &upgrade, client, conn_id).map(|(user, token_exp)| {
-                    let mut response = Vec::with_capacity(160);
-                    handshake::write_switching_protocols(
-                        upgrade.key,
-                        upgrade.protocol,
-                        &mut response,
-                    );
-                    (user, token_exp, response, head_len)
-                })
+                check_admission(shared, &upgrade, client, worker.index).map(
+                    |(conn_id, user, token_exp)| {
+                        let mut response = Vec::with_capacity(160);
+                        handshake::write_switching_protocols(
+                            upgrade.key,
+                            upgrade.protocol,
+                            &mut response,
+                        );
+                        (conn_id, user, token_exp, response, head_len)
+                    },
+                )
             }),
         };
         match verdict {
             None => {}
-            Some(Ok((user, token_exp, accept_response, head_len))) => {
+            Some(Ok((conn_id, user, token_exp, accept_response, head_len))) => {
                 let leftover = buf.split_off(head_len);
                 return Some(Pending {
                     accepted_at,
@@ -478,7 +485,7 @@ async fn read_upgrade(
                 });
             }
             Some(Err(reason)) => {
-                tracing::debug!(conn = conn_id, peer = %client, status = reason.status(), reason = %reason, "upgrade rejected");
+                tracing::debug!(worker = worker.index, peer = %client, status = reason.status(), reason = %reason, "upgrade rejected");
                 worker.reject(stream, &reason, accepted_at).await;
                 return None;
             }
@@ -527,13 +534,15 @@ async fn serve_demo_page(stream: &TcpStream, path: &str) {
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
-/// Per-IP rate, process cap and token, in that order (cheapest first).
+/// Per-IP rate, process cap and token, in that order (cheapest first). An admitted upgrade
+/// gets its connection id here, naming the worker that owns its user; returns the id, the
+/// user id and the token's `exp`.
 fn check_admission(
     shared: &Shared,
     upgrade: &handshake::Upgrade<'_>,
     client: SocketAddr,
-    conn_id: u64,
-) -> Result<(String, Option<u64>), RejectReason> {
+    worker_index: usize,
+) -> Result<(u64, String, Option<u64>), RejectReason> {
     if shared.is_draining() {
         return Err(RejectReason::ServerFull {
             retry_after_secs: 1,
@@ -558,10 +567,32 @@ fn check_admission(
             retry_after_secs: 5,
         });
     }
-    Ok(match claims {
-        Some(claims) => (claims.sub, Some(claims.exp)),
-        None => (format!("anon-{conn_id}"), None),
-    })
+    let issued = match claims {
+        Some(claims) => {
+            let owner = shared.ring.owner(claims.sub.as_bytes());
+            shared
+                .conn_ids
+                .issue(owner)
+                .map(|id| (id, claims.sub, Some(claims.exp)))
+        }
+        // The user id `anon-<id>` and the id must name the same owner. Trying this worker
+        // first avoids a hand-off whenever its next id fits (about one time in N with N workers).
+        None => shared
+            .conn_ids
+            .issue_anonymous(&shared.ring, worker_index)
+            .map(|(id, user)| (id, user, None)),
+    };
+    let Some(issued) = issued else {
+        shared.release_connection();
+        tracing::warn!(
+            worker = worker_index,
+            "connection ids of a worker are spent; rejecting upgrade"
+        );
+        return Err(RejectReason::ServerFull {
+            retry_after_secs: 5,
+        });
+    };
+    Ok(issued)
 }
 
 async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
@@ -690,6 +721,14 @@ impl Worker {
     /// then waits until they are gone or `drain_timeout` has passed.
     async fn drain(&self) {
         let config = &self.shared.config;
+        let started = tokio::time::Instant::now();
+        let deadline = started + config.drain_timeout;
+        // Every accepted message gets its answer before its connection's close frame. The
+        // pending messages get at most half the drain time, so the answers and the close
+        // frames still have the other half to reach the clients.
+        self.drain_upstream(started + config.drain_timeout / 2)
+            .await;
+
         let jitter_millis = u64::try_from(config.drain_jitter.as_millis()).unwrap_or(u64::MAX);
         let handles: Vec<Rc<ConnHandle>> = self.conns.borrow().values().cloned().collect();
         let mut rng = rand::rng();
@@ -704,7 +743,6 @@ impl Worker {
                 &format!("going away; reconnect after {hint} ms"),
             );
         }
-        let deadline = tokio::time::Instant::now() + config.drain_timeout;
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -717,12 +755,6 @@ impl Worker {
             );
         }
         tracing::info!(worker = self.index, "worker stopped");
-    }
-
-    fn allocate_conn_id(&self) -> u64 {
-        let local = self.next_conn.get() + 1;
-        self.next_conn.set(local);
-        ((self.index as u64) << 48) | local
     }
 
     /// Applies the per-user cap, sends the 101 and runs the connection to its end.
@@ -866,7 +898,8 @@ impl Worker {
         self.notify(reply.worker, reply.conn, frame);
     }
 
-    /// Queues an encoded frame on connection `conn` of worker `target`.
+    /// Queues an encoded frame on connection `conn` of worker `target`; drops it (and counts
+    /// `queue_full`) when that worker's inbox is full.
     fn notify(&self, target: usize, conn: u64, frame: Bytes) {
         if target == self.index {
             if let Some(handle) = self.conns.borrow().get(&conn) {
@@ -884,7 +917,7 @@ impl Worker {
                     worker = self.index,
                     target,
                     suppressed,
-                    "inbox full; error notice dropped"
+                    "inbox full; frame for a connection dropped"
                 );
             }
         }
@@ -980,9 +1013,9 @@ impl Worker {
         reply
     }
 
-    /// Returns the state of connection `id` as seen from this worker. Ids are allocated in order
-    /// by the accepting worker (`id >> 48`), so an id at or below that worker's last
-    /// allocated one that is open nowhere has been closed.
+    /// Returns the state of connection `id` as seen from this worker. Ids name their owning
+    /// worker (`id >> 48`) and are issued in order, so an id of this worker at or below its
+    /// last issued one that is not open here is closed.
     fn conn_state(&self, id: u64) -> ConnState {
         if let Some(handle) = self.conns.borrow().get(&id) {
             if handle.is_closing() {
@@ -990,9 +1023,12 @@ impl Worker {
             }
             return ConnState::Open;
         }
-        let allocator = usize::try_from(id >> 48).unwrap_or(usize::MAX);
-        let local = id & ((1 << 48) - 1);
-        if allocator == self.index && local > 0 && local <= self.next_conn.get() {
+        let workers = self.shared.inboxes.len();
+        let local = super::conn_id_local(id);
+        if super::conn_id_owner(id, workers) == Some(self.index)
+            && local > 0
+            && local <= self.shared.conn_ids.last_issued(self.index)
+        {
             return ConnState::Closed;
         }
         ConnState::Unknown
@@ -1013,30 +1049,84 @@ impl Worker {
             message.id.clone(),
         );
         forwarder.push(envelope);
+        let metrics = self.metrics();
+        metrics.upstream_forwarded.inc();
+        metrics
+            .upstream_pending
+            .set(i64::try_from(forwarder.pending.get()).unwrap_or(i64::MAX));
     }
 
-    /// True when the queue to the application servers has reached `max_pending_messages`.
+    /// True when the queue to the application servers has reached `max_pending_messages`, or
+    /// the worker is draining and takes no more messages.
+    ///
+    /// NOTE: a reader checks this before it handles a read, not between the messages of one
+    /// read, so each connection can pass the bound by the messages of one read.
     pub(crate) fn upstream_full(&self) -> bool {
-        self.forwarder
-            .as_ref()
-            .is_some_and(|forwarder| forwarder.pending.get() >= forwarder.max_pending)
+        self.forwarder.as_ref().is_some_and(|forwarder| {
+            forwarder.draining.get() || forwarder.pending.get() >= forwarder.max_pending
+        })
     }
 
     /// Resolves at once unless the queue to the application servers is full; then resolves
-    /// when it has room again.
+    /// when it has room again. While the worker drains it never resolves: the drain closes
+    /// the connection, which wakes its reader.
     pub(crate) async fn wait_for_upstream_room(&self) {
         let Some(forwarder) = &self.forwarder else {
             return;
         };
+        if forwarder.pending.get() >= forwarder.max_pending {
+            self.metrics().upstream_reads_paused.inc();
+        }
         loop {
             let notified = forwarder.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if forwarder.pending.get() < forwarder.max_pending {
+            if !forwarder.draining.get() && forwarder.pending.get() < forwarder.max_pending {
                 return;
             }
             notified.await;
         }
+    }
+
+    /// Stops taking messages for the application servers and waits until every pending one
+    /// is acknowledged or answered, or `deadline` passes. Then every message still queued or
+    /// in flight gets `upstream_unavailable`, so none is left without an answer when the
+    /// connections close.
+    async fn drain_upstream(&self, deadline: tokio::time::Instant) {
+        let Some(forwarder) = &self.forwarder else {
+            return;
+        };
+        forwarder.draining.set(true);
+        while forwarder.pending.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if forwarder.pending.get() == 0 {
+            return;
+        }
+
+        let mut left: Vec<Envelope> = forwarder
+            .queue
+            .borrow_mut()
+            .drain(..)
+            .map(|(_, envelope)| envelope)
+            .collect();
+        // The batch in flight may still reach a server, so for it `upstream_unavailable` means
+        // the outcome is unknown.
+        if let Some(batch) = forwarder.in_flight.borrow_mut().take() {
+            left.splice(0..0, batch.iter().cloned());
+        }
+        tracing::warn!(
+            worker = self.index,
+            messages = left.len(),
+            "drain timeout reached with messages pending; answering upstream_unavailable"
+        );
+        self.answer_batch(
+            &left,
+            "upstream_unavailable",
+            "the server is shutting down before an application server accepted the message; retry after reconnecting",
+        );
+        forwarder.release(left.len());
+        self.metrics().upstream_pending.set(0);
     }
 
     /// Sends one batch to the first healthy upstream that takes it, trying each upstream at
@@ -1048,7 +1138,10 @@ impl Worker {
         batch: &[Envelope],
     ) {
         let settings = &self.shared.config.upstream;
+        let metrics = self.metrics();
+        metrics.upstream_batches.inc();
         let mut tried = vec![false; connections.len()];
+        let mut attempts = 0;
         while let Some(index) = pool.pick(Instant::now(), &tried) {
             if let Some(slot) = tried.get_mut(index) {
                 *slot = true;
@@ -1056,9 +1149,19 @@ impl Worker {
             let Some(connection) = connections.get_mut(index) else {
                 break;
             };
+            if attempts > 0 {
+                metrics.upstream_retries.inc();
+            }
+            attempts += 1;
             let request = upstream::encode_request(connection.url(), batch);
-            let failure = match connection.send(&request, settings.timeout).await {
+            let sent_at = Instant::now();
+            let outcome = connection.send(&request, settings.timeout).await;
+            if outcome.is_ok() {
+                metrics.upstream_round_trip.observe(sent_at.elapsed());
+            }
+            let failure = match outcome {
                 Ok(response) if (200..300).contains(&response.status) => {
+                    metrics.upstream_acknowledged.add(batch.len() as u64);
                     pool.mark_up(index);
                     self.apply_deliveries(&response.body);
                     return;
@@ -1088,6 +1191,7 @@ impl Worker {
                 Err(err) => err.to_string(),
             };
             pool.mark_down(index, Instant::now(), settings.backoff);
+            metrics.upstream_down(index);
             if let Some(suppressed) = self.warn_gate() {
                 tracing::warn!(worker = self.index, upstream = index, error = %failure, backoff_ms = settings.backoff.as_millis(), suppressed, "application server failed; trying the next one");
             }
@@ -1101,6 +1205,12 @@ impl Worker {
 
     /// Sends an error frame with `code` for every message of `batch` to its sender.
     fn answer_batch(&self, batch: &[Envelope], code: &str, detail: &str) {
+        let metrics = self.metrics();
+        match code {
+            "upstream_rejected" => metrics.upstream_rejected.add(batch.len() as u64),
+            "upstream_unavailable" => metrics.upstream_unavailable.add(batch.len() as u64),
+            _ => {}
+        }
         let conns = self.conns.borrow();
         for envelope in batch {
             if let Some(handle) = conns.get(&envelope.conn) {
@@ -1161,25 +1271,12 @@ impl Worker {
         true
     }
 
-    /// Delivers `frame` to connection `conn`, which may live on any worker because the
-    /// accepting worker allocates the id and the owning worker runs the connection.
+    /// Delivers `frame` to connection `conn` through the worker its id names.
     fn deliver_conn(&self, conn: u64, frame: &Bytes) {
-        if let Some(handle) = self.conns.borrow().get(&conn) {
-            handle.push_encoded(frame);
+        let Some(owner) = super::conn_id_owner(conn, self.shared.inboxes.len()) else {
             return;
-        }
-        for (target, inbox) in self.shared.inboxes.iter().enumerate() {
-            if target == self.index {
-                continue;
-            }
-            let notice = WorkerMsg::Notify {
-                conn,
-                frame: frame.clone(),
-            };
-            if inbox.try_send(notice).is_err() {
-                self.metrics().queue_full.inc();
-            }
-        }
+        };
+        self.notify(owner, conn, frame.clone());
     }
 
     /// Delivers a chat message to every connection of its `to` user, with `from` set to the
@@ -1254,7 +1351,6 @@ async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
         .map(|target| Connection::new(target.url.clone()))
         .collect();
     let mut pool = Pool::new(connections.len());
-    let mut batch = Vec::with_capacity(settings.batch_max);
     loop {
         let first_queued_at = forwarder.queue.borrow().front().map(|(at, _)| *at);
         let Some(first_queued_at) = first_queued_at else {
@@ -1268,14 +1364,22 @@ async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
                 tokio::time::sleep_until(due.into()).await;
             }
         }
-        {
+        let batch: Rc<Vec<Envelope>> = {
             let mut queue = forwarder.queue.borrow_mut();
             let count = queue.len().min(settings.batch_max);
-            batch.extend(queue.drain(..count).map(|(_, envelope)| envelope));
-        }
+            Rc::new(queue.drain(..count).map(|(_, envelope)| envelope).collect())
+        };
+        *forwarder.in_flight.borrow_mut() = Some(Rc::clone(&batch));
         worker.send_batch(&mut connections, &mut pool, &batch).await;
+        // A drain that timed out has answered and released this batch already.
+        if forwarder.in_flight.borrow_mut().take().is_none() {
+            continue;
+        }
         forwarder.release(batch.len());
-        batch.clear();
+        worker
+            .metrics()
+            .upstream_pending
+            .set(i64::try_from(forwarder.pending.get()).unwrap_or(i64::MAX));
     }
 }
 
