@@ -929,7 +929,8 @@ async fn send_oversize(
     let body = Body::Oversize {
         bytes: injection.oversize_bytes,
     };
-    push_expecting(worker, user, &mut out, scratch, Instant::now(), body, None);
+    let sent_at = Instant::now();
+    push_expecting(worker, user, &mut out, scratch, sent_at, body, None);
     worker.stats.borrow_mut().injected.oversize += 1;
     user.expect_close.set(Some(MESSAGE_TOO_BIG));
     let _ = write(worker, conn, out).await;
@@ -942,7 +943,13 @@ async fn send_oversize(
         user.expect_close.set(None);
         worker.stats.borrow_mut().errors.mismatch += 1;
     }
-    after_end(worker)
+    // The fault was sent before the deadline, so the user replaces the connection even when
+    // the close arrives after it: every oversize fault costs exactly one reconnect.
+    if sent_at < config.deadline {
+        Outcome::Reconnect
+    } else {
+        Outcome::Done
+    }
 }
 
 /// Drains the connection's rate bucket and sends one message over it: waits until nothing is
