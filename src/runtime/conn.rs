@@ -303,7 +303,9 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
                 handle.close_after_flush.set(true);
                 closing = true;
             }
-            if !dispatched {
+            // Messages after the one that filled the queue wait in `buf` until there is room,
+            // so the queue never holds more than `max_pending_messages`.
+            if !dispatched || worker.upstream_full() {
                 break;
             }
         }
@@ -312,6 +314,10 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
         handle.after_push();
         if closing || handle.close_after_flush.get() {
             break;
+        }
+        if !buf.is_empty() && worker.upstream_full() {
+            // Wait for room (at the top of the loop) before handling the rest or reading more.
+            continue;
         }
 
         sizing.prepare(&mut buf, session.bytes_wanted(), read_size);

@@ -1057,10 +1057,7 @@ impl Worker {
     }
 
     /// True when the queue to the application servers has reached `max_pending_messages`, or
-    /// the worker is draining and takes no more messages.
-    ///
-    /// NOTE: a reader checks this before it handles a read, not between the messages of one
-    /// read, so each connection can pass the bound by the messages of one read.
+    /// the worker is draining and takes no more messages. Readers check it before each message.
     pub(crate) fn upstream_full(&self) -> bool {
         self.forwarder.as_ref().is_some_and(|forwarder| {
             forwarder.draining.get() || forwarder.pending.get() >= forwarder.max_pending
