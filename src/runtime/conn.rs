@@ -9,7 +9,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::sync::Notify;
@@ -32,37 +32,53 @@ const QUIET_READ_BYTES: usize = 128;
 /// Consecutive short reads after which a connection counts as quiet.
 const QUIET_AFTER_READS: u8 = 4;
 
+/// A read that waited this long for data starts a sparse burst (see [`ReadSizing`]).
+const SPARSE_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads after a long wait that still count as one sparse burst.
+const SPARSE_BURST_READS: u8 = 4;
+
 /// Chooses between a small and a full-size read buffer.
 ///
 /// With tokio-uring 0.5 every posted read keeps its buffer until data arrives, so an idle
 /// connection would keep a full `read_buffer_bytes` buffer (and the heap pages its allocation
-/// touches) for as long as it stays idle. A connection counts as quiet from the upgrade on and
-/// after [`QUIET_AFTER_READS`] reads of at most half of [`QUIET_READ_BYTES`] (pongs, short
-/// messages); while quiet and with no partial frame buffered, it reads into a
-/// [`QUIET_READ_BYTES`] buffer. A read that fills its buffer or brings more than that half ends
-/// the quiet state at once, so busy connections keep full-size reads.
+/// touches) for as long as it stays idle. A connection is quiet from the upgrade on, after
+/// [`QUIET_AFTER_READS`] reads of at most half of [`QUIET_READ_BYTES`] (pongs, short messages),
+/// and for [`SPARSE_BURST_READS`] reads after a read that waited [`SPARSE_WAIT`] or longer (an
+/// occasional message, even a long one). While quiet and with no partial frame buffered, it
+/// reads into a [`QUIET_READ_BYTES`] buffer. A busy connection, whose reads find data waiting,
+/// keeps full-size reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct ReadSizing {
     short_reads: u8,
+    /// Reads left in the current sparse burst.
+    sparse_reads: u8,
 }
 
 impl ReadSizing {
     fn new() -> Self {
         Self {
             short_reads: QUIET_AFTER_READS,
+            sparse_reads: 0,
         }
     }
 
     fn quiet(self) -> bool {
-        self.short_reads >= QUIET_AFTER_READS
+        self.short_reads >= QUIET_AFTER_READS || self.sparse_reads > 0
     }
 
-    /// Records a read that returned `read` bytes into `offered` bytes of space.
-    fn record(&mut self, read: usize, offered: usize) {
+    /// Records a read that returned `read` bytes into `offered` bytes of space after waiting
+    /// `waited` for them.
+    fn record(&mut self, read: usize, offered: usize, waited: Duration) {
         if read < offered && read <= QUIET_READ_BYTES / 2 {
             self.short_reads = self.short_reads.saturating_add(1);
         } else {
             self.short_reads = 0;
+        }
+        if waited >= SPARSE_WAIT {
+            self.sparse_reads = SPARSE_BURST_READS;
+        } else {
+            self.sparse_reads = self.sparse_reads.saturating_sub(1);
         }
     }
 
@@ -304,7 +320,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
                 closing = true;
             }
             // Messages after the one that filled the queue wait in `buf` until there is room,
-            // so the queue never holds more than `max_pending_messages`.
+            // so the queue never contains more than `max_pending_messages`.
             if !dispatched || worker.upstream_full() {
                 break;
             }
@@ -335,13 +351,14 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             break;
         };
         buf = slice.into_inner();
+        let completed = Instant::now();
         if let Ok(n) = result {
-            sizing.record(n, capacity - len);
+            sizing.record(n, capacity - len, completed.saturating_duration_since(now));
         }
         if let Ok(n) = result
             && n > 0
         {
-            handle.last_read_at.set(Instant::now());
+            handle.last_read_at.set(completed);
             handle.ping_sent_at.set(None);
             worker.metrics().bytes_in.add(n as u64);
         }
@@ -501,9 +518,9 @@ mod tests {
     }
 
     #[test]
-    fn read_sizing_full_read_switches_to_full_size_at_once() {
+    fn read_sizing_full_read_ends_quiet() {
         let mut sizing = ReadSizing::new();
-        sizing.record(QUIET_READ_BYTES, QUIET_READ_BYTES);
+        sizing.record(QUIET_READ_BYTES, QUIET_READ_BYTES, Duration::ZERO);
         assert!(!sizing.quiet());
         let mut buf = BytesMut::with_capacity(QUIET_READ_BYTES);
         sizing.prepare(&mut buf, 0, 16 * 1024);
@@ -513,23 +530,26 @@ mod tests {
     #[test]
     fn read_sizing_long_read_ends_quiet_state() {
         let mut sizing = ReadSizing::new();
-        sizing.record(QUIET_READ_BYTES / 2 + 1, 16 * 1024);
+        sizing.record(QUIET_READ_BYTES / 2 + 1, 16 * 1024, Duration::ZERO);
         assert!(!sizing.quiet());
     }
 
     #[test]
     fn read_sizing_short_reads_make_connection_quiet_again() {
-        let mut sizing = ReadSizing { short_reads: 0 };
+        let mut sizing = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
         for read in 1..QUIET_AFTER_READS {
-            sizing.record(6, 16 * 1024);
+            sizing.record(6, 16 * 1024, Duration::ZERO);
             assert!(!sizing.quiet(), "after {read} short reads");
         }
-        sizing.record(6, 16 * 1024);
+        sizing.record(6, 16 * 1024, Duration::ZERO);
         assert!(sizing.quiet());
     }
 
     #[test]
-    fn read_sizing_partial_frame_gets_room_for_the_rest() {
+    fn read_sizing_partial_frame_gets_room() {
         let sizing = ReadSizing::new();
         let mut buf = BytesMut::with_capacity(QUIET_READ_BYTES);
         buf.extend_from_slice(&[0x81, 0x7E, 0x10, 0x00]);
@@ -540,8 +560,39 @@ mod tests {
 
     #[test]
     fn read_sizing_zero_byte_read_counts_as_short() {
-        let mut sizing = ReadSizing { short_reads: 0 };
-        sizing.record(0, QUIET_READ_BYTES);
+        let mut sizing = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
+        sizing.record(0, QUIET_READ_BYTES, Duration::ZERO);
         assert_eq!(sizing.short_reads, 1);
+    }
+
+    #[test]
+    fn read_sizing_wait_then_long_read_stays_quiet() {
+        let mut sizing = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
+        // A 10 KB message after four seconds of silence: a full read that waited.
+        sizing.record(10_000, 16 * 1024, Duration::from_secs(4));
+        assert!(sizing.quiet());
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        sizing.prepare(&mut buf, 0, 16 * 1024);
+        assert_eq!(buf.capacity(), QUIET_READ_BYTES);
+    }
+
+    #[test]
+    fn read_sizing_busy_reads_end_sparse_burst() {
+        let mut sizing = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
+        sizing.record(1_000, 16 * 1024, SPARSE_WAIT);
+        for _ in 0..SPARSE_BURST_READS {
+            assert!(sizing.quiet());
+            sizing.record(1_000, 16 * 1024, Duration::from_millis(1));
+        }
+        assert!(!sizing.quiet());
     }
 }
