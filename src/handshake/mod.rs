@@ -220,11 +220,10 @@ pub fn check_request<'b>(
 /// Parses `data` as an upgrade request in one read and in two, checks it with two
 /// configurations and writes the response. It asserts the invariants a fuzzer should keep:
 /// no panic, the same verdict whatever the read pattern, a head no longer than the input,
-/// and a response whose head ends. A panic here is a bug in this module.
-// NOTE: this is compiled in every build because the crate does not declare the `fuzzing`
-// cfg. Move it behind `cfg(fuzzing)` once `Cargo.toml` lists that cfg for `unexpected_cfgs`.
-#[doc(hidden)]
-pub fn fuzz_upgrade_request(data: &[u8]) {
+/// and a response whose head ends. A panic here is a bug in this module. The unit tests run
+/// it over sample inputs; the `upgrade_request` fuzz target checks the same invariants.
+#[cfg(test)]
+fn fuzz_upgrade_request(data: &[u8]) {
     use crate::http::{ParserLimits, RequestParser, Status};
 
     let limits = ParserLimits::default();
@@ -263,6 +262,7 @@ pub fn fuzz_upgrade_request(data: &[u8]) {
 
 /// Returns a configuration with every token source and a subprotocol enabled, for the fuzz
 /// entry.
+#[cfg(test)]
 fn fuzz_config() -> HandshakeConfig {
     HandshakeConfig {
         query_param: Some("access_token".to_owned()),
