@@ -8,7 +8,7 @@
 //! answers unread data with a reset.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -105,8 +105,20 @@ pub(crate) struct ConnHandle {
     pub user: String,
     stream: Rc<TcpStream>,
     outbox: RefCell<Outbox>,
-    /// Wakes the writer when the outbox gains bytes or the connection ends.
+    /// Wakes the writer task, while one runs, when the outbox gains bytes or the connection
+    /// ends.
     writer_wake: Notify,
+    /// Whether a writer task runs. One starts when bytes are queued and ends once the outbox
+    /// is empty and the connection is quiet, so an idle connection has no writer task.
+    writer_running: Cell<bool>,
+    /// Wakes the reader when the writer task ends.
+    writer_done: Notify,
+    /// Whether the reader saw no busy traffic lately (see `ReadSizing`), so the writer task may
+    /// end when the outbox is empty.
+    quiet: Cell<bool>,
+    /// This handle, so that a method called through `&self` can start the writer task.
+    this: Weak<ConnHandle>,
+    worker: Weak<Worker>,
     /// Wakes the reader when someone else decides to end the connection.
     reader_wake: Notify,
     /// A close frame is queued: the writer shuts down the write side once the outbox is empty.
@@ -136,14 +148,16 @@ pub(crate) struct ConnHandle {
 }
 
 impl ConnHandle {
+    /// Creates the handle of an admitted connection.
     pub(crate) fn new(
         id: u64,
         user: String,
         stream: Rc<TcpStream>,
         token_exp: Option<u64>,
-    ) -> Self {
+        worker: &Rc<Worker>,
+    ) -> Rc<Self> {
         let now = Instant::now();
-        Self {
+        Rc::new_cyclic(|this| Self {
             opened_at: now,
             last_read_at: Cell::new(now),
             last_message_at: Cell::new(now),
@@ -158,10 +172,38 @@ impl ConnHandle {
             stream,
             outbox: RefCell::new(Outbox::default()),
             writer_wake: Notify::new(),
+            writer_running: Cell::new(false),
+            writer_done: Notify::new(),
+            quiet: Cell::new(true),
+            this: this.clone(),
+            worker: Rc::downgrade(worker),
             reader_wake: Notify::new(),
             close_after_flush: Cell::new(false),
             dead: Cell::new(false),
             max_outbound_bytes: Cell::new(usize::MAX),
+        })
+    }
+
+    /// Wakes the writer task, or starts one when none runs and the connection is alive.
+    fn wake_writer(&self) {
+        if self.writer_running.get() {
+            self.writer_wake.notify_one();
+            return;
+        }
+        if self.dead.get() {
+            return;
+        }
+        let (Some(this), Some(worker)) = (self.this.upgrade(), self.worker.upgrade()) else {
+            return;
+        };
+        self.writer_running.set(true);
+        tokio_uring::spawn(write_loop(this, worker));
+    }
+
+    /// Waits until no writer task runs.
+    async fn writer_finished(&self) {
+        while self.writer_running.get() {
+            self.writer_done.notified().await;
         }
     }
 
@@ -189,7 +231,7 @@ impl ConnHandle {
         self.close_code.set(Some(code.0));
         self.close_after_flush.set(true);
         self.reader_wake.notify_one();
-        self.writer_wake.notify_one();
+        self.wake_writer();
         tracing::debug!(conn = self.id, code = code.0, reason, "closing connection");
     }
 
@@ -202,13 +244,13 @@ impl ConnHandle {
             .borrow_mut()
             .push_frame(OpCode::Ping, &Bytes::new());
         self.ping_sent_at.set(Some(now));
-        self.writer_wake.notify_one();
+        self.wake_writer();
     }
 
     /// Queues raw bytes (the 101 response).
     pub(crate) fn push_raw(&self, bytes: &[u8]) {
         self.outbox.borrow_mut().push_raw(bytes);
-        self.writer_wake.notify_one();
+        self.wake_writer();
     }
 
     /// Queues an encoded frame; false when the connection is closing and takes no more.
@@ -245,7 +287,7 @@ impl ConnHandle {
             tracing::debug!(conn = self.id, "closing slow consumer");
         }
         drop(outbox);
-        self.writer_wake.notify_one();
+        self.wake_writer();
     }
 }
 
@@ -267,7 +309,6 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
     handle
         .max_outbound_bytes
         .set(shared.config.max_outbound_bytes);
-    let writer = tokio_uring::spawn(write_loop(Rc::clone(handle), Rc::clone(worker)));
 
     let read_size = shared.config.read_buffer_bytes;
     let mut session = Session::new(&shared.session, Instant::now());
@@ -354,6 +395,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
         let completed = Instant::now();
         if let Ok(n) = result {
             sizing.record(n, capacity - len, completed.saturating_duration_since(now));
+            handle.quiet.set(sizing.quiet());
         }
         if let Ok(n) = result
             && n > 0
@@ -367,7 +409,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
                 // Peer closed TCP without a close frame (status 1006 on its side).
                 handle.dead.set(true);
                 handle.writer_wake.notify_one();
-                let _ = writer.await;
+                handle.writer_finished().await;
                 return;
             }
             Ok(_) => {}
@@ -375,7 +417,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
                 tracing::debug!(conn = handle.id, error = %err, "read failed");
                 handle.dead.set(true);
                 handle.writer_wake.notify_one();
-                let _ = writer.await;
+                handle.writer_finished().await;
                 return;
             }
         }
@@ -385,7 +427,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
     Box::pin(linger(handle, &shared.config, buf)).await;
     handle.dead.set(true);
     handle.writer_wake.notify_one();
-    let _ = writer.await;
+    handle.writer_finished().await;
 }
 
 /// Adds a session's counts to the worker's metrics.
@@ -428,8 +470,15 @@ async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: By
     let _ = handle.stream.shutdown(std::net::Shutdown::Both);
 }
 
-/// Sends whatever is queued, one `writev` per batch, until the connection ends.
+/// Runs the writer task: sends whatever is queued, one `writev` per batch, until the
+/// connection ends or, on a quiet connection, until the outbox is empty.
 async fn write_loop(handle: Rc<ConnHandle>, worker: Rc<Worker>) {
+    write_until_idle(&handle, &worker).await;
+    handle.writer_running.set(false);
+    handle.writer_done.notify_one();
+}
+
+async fn write_until_idle(handle: &ConnHandle, worker: &Worker) {
     let mut segments: Vec<Bytes> = Vec::new();
     loop {
         if handle.dead.get() {
@@ -439,6 +488,10 @@ async fn write_loop(handle: Rc<ConnHandle>, worker: Rc<Worker>) {
             if handle.close_after_flush.get() {
                 // RFC 6455 §7.1.1: the server closes the TCP connection first.
                 let _ = handle.stream.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            if handle.quiet.get() {
+                // The next queued bytes start a new writer task.
                 return;
             }
             handle.writer_wake.notified().await;

@@ -792,12 +792,7 @@ impl Worker {
             return;
         }
 
-        let handle = Rc::new(ConnHandle::new(
-            conn_id,
-            user.clone(),
-            Rc::clone(&stream),
-            token_exp,
-        ));
+        let handle = ConnHandle::new(conn_id, user.clone(), Rc::clone(&stream), token_exp, &self);
         handle.push_raw(&accept_response);
         let metrics = self.metrics();
         metrics.upgrade(101);
