@@ -259,3 +259,40 @@ fn admin_body_above_limit_returns_413() {
     let response = http_exchange(admin, request.as_bytes());
     assert_eq!(status_of(&response), 413);
 }
+
+#[test]
+fn push_message_reaches_client_byte_for_byte() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let mut client = open(started.addr, "erin");
+    let message = r#"{"z":1,"a":12345678901234567890123,"a":"dup","s":"caf\u00e9"}"#;
+
+    let body = format!(r#"{{"users":["erin"],"message":{message}}}"#);
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), &body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_payload(&mut client), message);
+
+    let body = format!(" \n{message}\n");
+    let (status, reply) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), &body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_payload(&mut client), message);
+
+    let body = r#"{"users":["erin"],"message":"plain \"text\""}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(
+        next_payload(&mut client),
+        r#""plain \"text\"""#,
+        "a string message is sent as its JSON text"
+    );
+}
+
+/// Returns the payload of the next text frame as text.
+fn next_payload(client: &mut RawClient) -> String {
+    loop {
+        let frame = client.read_frame().expect("frame before close");
+        if frame.opcode == 0x1 {
+            return String::from_utf8(frame.payload).expect("text frame is UTF-8");
+        }
+    }
+}

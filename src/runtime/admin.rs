@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::{AdminOp, AdminReply, AdminRequest, ConnState, Shared, WorkerMsg};
@@ -229,9 +230,12 @@ const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `POST /v1/push` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PushBody {
+struct PushBody<'a> {
     users: Vec<String>,
-    message: serde_json::Value,
+    /// Borrowed unparsed, so the frame carries the bytes of the value as received: key
+    /// order, duplicate keys and number precision are kept.
+    #[serde(borrow)]
+    message: &'a RawValue,
 }
 
 /// `POST /v1/disconnect` body.
@@ -314,7 +318,7 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
             );
         }
     };
-    let frame = super::worker::text_frame(request.message.to_string().as_bytes());
+    let frame = super::worker::text_frame(request.message.get().as_bytes());
     let ops = group_users(shared, request.users)
         .into_iter()
         .enumerate()
@@ -332,7 +336,7 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
 }
 
 fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
-    let message: serde_json::Value = match serde_json::from_slice(body) {
+    let message: &RawValue = match serde_json::from_slice(body) {
         Ok(message) => message,
         Err(err) => {
             return Reply::error(
@@ -344,7 +348,7 @@ fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
     let Some(owner) = super::conn_id_owner(id, shared.inboxes.len()) else {
         return Reply::error(404, "unknown connection id");
     };
-    let frame = super::worker::text_frame(message.to_string().as_bytes());
+    let frame = super::worker::text_frame(message.get().as_bytes());
     let op = AdminOp::PushConns {
         conns: vec![id],
         frame,
