@@ -43,7 +43,7 @@ mod token;
 
 pub use key::accept_key;
 pub use reject::RejectReason;
-pub use response::{write_reject, write_switching_protocols};
+pub use response::{write_reject, write_reject_for, write_switching_protocols};
 
 /// Handshake settings: the endpoint path, the token sources and the supported subprotocols.
 /// `crate::config` builds them once from the configuration file.
@@ -771,8 +771,8 @@ mod tests {
                 400,
             ),
             (
-                "basic auth",
-                upgrade_request("/ws", &[], &["Authorization: Basic dXNlcjpwYXNz"]),
+                "bearer with two words",
+                upgrade_request("/ws", &[], &["Authorization: Bearer a b"]),
                 401,
             ),
             (
@@ -829,7 +829,11 @@ mod tests {
                 RejectReason::UnsupportedWebSocketVersion,
             ),
             (
-                upgrade_request("/ws", &["Sec-WebSocket-Key"], &["Authorization: Basic x"]),
+                upgrade_request(
+                    "/ws",
+                    &["Sec-WebSocket-Key"],
+                    &["Authorization: Bearer a b"],
+                ),
                 RejectReason::MissingKey,
             ),
             (
@@ -845,7 +849,7 @@ mod tests {
                 RejectReason::InvalidSubprotocol,
             ),
             (
-                upgrade_request("/ws", &[], &["Authorization: Basic x"]),
+                upgrade_request("/ws", &[], &["Authorization: Bearer a b"]),
                 RejectReason::InvalidToken(AuthError::Malformed),
             ),
         ];
@@ -969,11 +973,8 @@ mod tests {
     fn check_invalid_source_stops_search() {
         let cfg = all_sources();
         let cases: &[(&str, &[&str])] = &[
-            (
-                "/ws?access_token=ok",
-                &["Authorization: Basic dXNlcjpwYXNz"],
-            ),
             ("/ws?access_token=ok", &["Authorization: Bearer "]),
+            ("/ws?access_token=ok", &["Authorization: Bearerok"]),
             (
                 "/ws?access_token=ok",
                 &["Sec-WebSocket-Protocol: framegate.jwt"],
@@ -989,6 +990,36 @@ mod tests {
                 Err(RejectReason::InvalidToken(AuthError::Malformed)),
                 "{target} {extra:?}"
             );
+        }
+    }
+
+    #[test]
+    fn check_other_authorization_scheme_falls_through() {
+        let cfg = all_sources();
+        let basic = "Authorization: Basic dXNlcjpwYXNz";
+        type Case<'a> = (&'a str, &'a [&'a str], Option<(TokenSource, &'a str)>);
+        let cases: &[Case<'_>] = &[
+            (
+                "/ws?access_token=q",
+                &[basic],
+                Some((TokenSource::Query, "q")),
+            ),
+            (
+                "/ws",
+                &[basic, "Cookie: framegate_token=c"],
+                Some((TokenSource::Cookie, "c")),
+            ),
+            (
+                "/ws",
+                &[basic, "Sec-WebSocket-Protocol: framegate.jwt, p"],
+                Some((TokenSource::Protocol, "p")),
+            ),
+            ("/ws", &[basic], None),
+        ];
+        for (target, extra, token) in cases {
+            let request = upgrade_request(target, &[], extra);
+            let (_, upgrade) = check(&request, &cfg);
+            assert_eq!(upgrade.token, *token, "{target} {extra:?}");
         }
     }
 
@@ -1071,7 +1102,7 @@ mod tests {
             raw("GET /ws HTTP/1.0", &[]),
             raw("PUT /ws HTTP/1.1", &[]),
             upgrade_request("/ws", &["Sec-WebSocket-Version: 7"], &[]),
-            upgrade_request("/ws", &[], &["Authorization: Basic x"]),
+            upgrade_request("/ws", &[], &["Authorization: Bearer a b"]),
         ];
         for request in requests {
             let Err(reason) = verdict(&request, &cfg) else {

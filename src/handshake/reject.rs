@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 use crate::auth::AuthError;
+use crate::handshake::HandshakeConfig;
 use crate::http::ParseError;
 
 /// Reason for rejecting an upgrade request. The `Display` text is sent to the client as the
@@ -61,8 +62,8 @@ pub enum RejectReason {
     #[error("request has no Sec-WebSocket-Key header field")]
     MissingKey,
     /// No access token in any enabled source. HTTP 401 with `WWW-Authenticate: Bearer`
-    /// (RFC 6750 §3).
-    #[error("request has no access token")]
+    /// (RFC 6750 §3). [`RejectReason::explain`] lists the enabled sources.
+    #[error("no access token")]
     MissingToken,
     /// `Upgrade` has no `websocket` protocol (RFC 6455 §4.2.1 item 3). HTTP 400.
     #[error("Upgrade header field does not contain websocket")]
@@ -137,6 +138,15 @@ impl RejectReason {
         }
     }
 
+    /// Builds the response body text: the `Display` text, completed from `cfg` where the
+    /// configuration names the fix. A missing token lists the enabled token sources.
+    pub fn explain(&self, cfg: &HandshakeConfig) -> String {
+        match self {
+            Self::MissingToken => missing_token_text(cfg),
+            _ => self.to_string(),
+        }
+    }
+
     /// Returns the seconds for the `Retry-After` field of a 429 or 503 rejection, or `None`
     /// for rejections that a retry cannot fix.
     pub fn retry_after_secs(&self) -> Option<u32> {
@@ -147,6 +157,32 @@ impl RejectReason {
             _ => None,
         }
     }
+}
+
+/// Builds the missing-token text, which lists the enabled token sources in the order
+/// `check_request` reads them.
+fn missing_token_text(cfg: &HandshakeConfig) -> String {
+    let mut sources = Vec::with_capacity(4);
+    if cfg.bearer_header {
+        sources.push("`Authorization: Bearer <token>`".to_owned());
+    }
+    if let Some(marker) = &cfg.protocol_marker {
+        sources.push(format!("`Sec-WebSocket-Protocol: {marker}, <token>`"));
+    }
+    if let Some(name) = &cfg.query_param {
+        sources.push(format!("the `{name}` query parameter"));
+    }
+    if let Some(name) = &cfg.cookie {
+        sources.push(format!("the `{name}` cookie"));
+    }
+
+    let Some((last, first)) = sources.split_last() else {
+        return "no access token, and the server has every token source disabled".to_owned();
+    };
+    if first.is_empty() {
+        return format!("no access token: send {last}");
+    }
+    format!("no access token: send {} or {last}", first.join(", "))
 }
 
 /// Returns the reason phrase of each status that [`RejectReason::status`] can return
@@ -220,6 +256,37 @@ mod tests {
         let reason = RejectReason::from(AuthError::Expired);
         assert_eq!(reason.to_string(), "token has expired");
         assert_eq!(reason.status(), 401);
+    }
+
+    #[test]
+    fn explain_missing_token_lists_enabled_sources() {
+        let all = HandshakeConfig {
+            query_param: Some("access_token".to_owned()),
+            protocol_marker: Some("framegate.jwt".to_owned()),
+            cookie: Some("framegate_token".to_owned()),
+            ..HandshakeConfig::default()
+        };
+        assert_eq!(
+            RejectReason::MissingToken.explain(&all),
+            "no access token: send `Authorization: Bearer <token>`, \
+             `Sec-WebSocket-Protocol: framegate.jwt, <token>`, the `access_token` query \
+             parameter or the `framegate_token` cookie"
+        );
+
+        let bearer_only = HandshakeConfig::default();
+        assert_eq!(
+            RejectReason::MissingToken.explain(&bearer_only),
+            "no access token: send `Authorization: Bearer <token>`"
+        );
+
+        let none = HandshakeConfig {
+            bearer_header: false,
+            ..HandshakeConfig::default()
+        };
+        assert_eq!(
+            RejectReason::MissingToken.explain(&none),
+            "no access token, and the server has every token source disabled"
+        );
     }
 
     #[test]

@@ -664,7 +664,7 @@ impl Worker {
         metrics.upgrade(reason.status());
         metrics.handshake_duration.observe(accepted_at.elapsed());
         let mut response = Vec::with_capacity(256);
-        handshake::write_reject(reason, &mut response);
+        handshake::write_reject_for(reason, &self.shared.handshake, &mut response);
         let (_result, _) = stream.write_all(response).await;
         let _ = stream.shutdown(std::net::Shutdown::Both);
     }
