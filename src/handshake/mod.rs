@@ -42,7 +42,7 @@ mod response;
 mod token;
 
 pub use key::accept_key;
-pub use reject::RejectReason;
+pub use reject::{EXCERPT_MAX_BYTES, Excerpt, RejectReason};
 pub use response::{write_reject, write_reject_for, write_switching_protocols};
 
 /// Handshake settings: the endpoint path, the token sources and the supported subprotocols.
@@ -114,19 +114,27 @@ pub struct Upgrade<'b> {
     pub forwarded_for: Option<&'b [u8]>,
 }
 
-/// True when the request has exactly one `Origin` and it matches an allowed origin (ASCII
-/// case-insensitive, as origins serialize scheme and host in lowercase).
-fn origin_allowed(req: &Request<'_>, allowed: &[String]) -> bool {
+/// Checks that the request has exactly one `Origin` and that it matches an allowed origin
+/// (ASCII case-insensitive, as origins serialize scheme and host in lowercase).
+fn check_origin(req: &Request<'_>, allowed: &[String]) -> Result<(), RejectReason> {
     let mut origins = req
         .headers
         .iter()
         .filter(|header| header.name.eq_ignore_ascii_case("origin"));
-    let (Some(origin), None) = (origins.next(), origins.next()) else {
-        return false;
+    let origin = match (origins.next(), origins.next()) {
+        (None, _) => return Err(RejectReason::MissingOrigin),
+        (Some(_), Some(_)) => return Err(RejectReason::DuplicateOrigin),
+        (Some(origin), None) => origin.value,
     };
-    allowed
+    let listed = allowed
         .iter()
-        .any(|candidate| origin.value.eq_ignore_ascii_case(candidate.as_bytes()))
+        .any(|candidate| origin.eq_ignore_ascii_case(candidate.as_bytes()));
+    if !listed {
+        return Err(RejectReason::OriginNotAllowed {
+            origin: Excerpt::new(origin),
+        });
+    }
+    Ok(())
 }
 
 /// Prints the token's source and length but never the token itself.
@@ -190,8 +198,8 @@ pub fn check_request<'b>(
     }
 
     // RFC 6455 §10.2: the server may use Origin to refuse connections from other sites.
-    if !cfg.allowed_origins.is_empty() && !origin_allowed(req, &cfg.allowed_origins) {
-        return Err(RejectReason::OriginNotAllowed);
+    if !cfg.allowed_origins.is_empty() {
+        check_origin(req, &cfg.allowed_origins)?;
     }
 
     // RFC 6455 §4.2.1 item 5: the key is a base64-encoded 16-byte nonce, sent once.
@@ -990,6 +998,40 @@ mod tests {
                 Err(RejectReason::InvalidToken(AuthError::Malformed)),
                 "{target} {extra:?}"
             );
+        }
+    }
+
+    #[test]
+    fn check_origin_verdicts_name_the_problem() {
+        let cfg = HandshakeConfig {
+            allowed_origins: vec!["https://chat.example.com".to_owned()],
+            ..HandshakeConfig::default()
+        };
+        let long = format!("https://{}.example", "a".repeat(200));
+        let long_line = format!("Origin: {long}");
+        let cases: [(&[&str], _); 5] = [
+            (&["Origin: HTTPS://Chat.Example.com"], Ok(())),
+            (&[], Err(RejectReason::MissingOrigin)),
+            (
+                &["Origin: https://chat.example.com", "Origin: https://x"],
+                Err(RejectReason::DuplicateOrigin),
+            ),
+            (
+                &["Origin: https://evil.example"],
+                Err(RejectReason::OriginNotAllowed {
+                    origin: Excerpt::new(b"https://evil.example"),
+                }),
+            ),
+            (
+                &[&long_line],
+                Err(RejectReason::OriginNotAllowed {
+                    origin: Excerpt::new(long.as_bytes()),
+                }),
+            ),
+        ];
+        for (extra, expected) in cases {
+            let request = upgrade_request("/ws", &[], extra);
+            assert_eq!(verdict(&request, &cfg).map(|_| ()), expected, "{extra:?}");
         }
     }
 

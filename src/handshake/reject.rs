@@ -7,17 +7,23 @@
 
 #![forbid(unsafe_code)]
 
+use std::fmt::{self, Write as _};
+
 use crate::auth::AuthError;
 use crate::handshake::HandshakeConfig;
 use crate::http::ParseError;
 
 /// Reason for rejecting an upgrade request. The `Display` text is sent to the client as the
-/// response body, so it names the failed check and never quotes request values or tokens.
+/// response body, so it names the failed check. It never quotes tokens, and quotes a request
+/// value (the path or the origin) only as an [`Excerpt`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
     /// More than one `Host` field line (RFC 9112 §3.2). HTTP 400.
     #[error("request has more than one Host header field")]
     DuplicateHost,
+    /// More than one `Origin` field line while `allowed_origins` is set. HTTP 403.
+    #[error("request has more than one Origin header field; send one")]
+    DuplicateOrigin,
     /// More than one `Sec-WebSocket-Key` field line (RFC 6455 §11.3.1). HTTP 400.
     #[error("request has more than one Sec-WebSocket-Key header field")]
     DuplicateKey,
@@ -58,6 +64,12 @@ pub enum RejectReason {
     /// No `Host` field line (RFC 9112 §3.2). HTTP 400.
     #[error("request has no Host header field")]
     MissingHost,
+    /// No `Origin` field line while `allowed_origins` is set. Browsers always send one on a
+    /// WebSocket upgrade (RFC 6455 §4.1), so the client is not a browser page. HTTP 403.
+    #[error(
+        "request has no Origin header; allowed_origins is set, so only browser pages on a listed origin may connect"
+    )]
+    MissingOrigin,
     /// No `Sec-WebSocket-Key` field line (RFC 6455 §4.2.1 item 5). HTTP 400.
     #[error("request has no Sec-WebSocket-Key header field")]
     MissingKey,
@@ -71,9 +83,12 @@ pub enum RejectReason {
     /// The request head could not be parsed. HTTP 431 for the size limits, 400 otherwise.
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// `Origin` is missing or not in `allowed_origins` (RFC 6455 §10.2). HTTP 403.
-    #[error("origin is not allowed to connect")]
-    OriginNotAllowed,
+    /// `Origin` is not in `allowed_origins` (RFC 6455 §10.2). HTTP 403.
+    #[error("origin {origin} is not in allowed_origins, so it may not connect")]
+    OriginNotAllowed {
+        /// The `Origin` field value received.
+        origin: Excerpt,
+    },
     /// The target's path is not the WebSocket endpoint. HTTP 404.
     #[error("no WebSocket endpoint at this path")]
     PathNotFound,
@@ -127,7 +142,7 @@ impl RejectReason {
             | Self::Parse(_)
             | Self::UnexpectedBody => 400,
             Self::InvalidToken(_) | Self::MissingToken => 401,
-            Self::OriginNotAllowed => 403,
+            Self::DuplicateOrigin | Self::MissingOrigin | Self::OriginNotAllowed { .. } => 403,
             Self::PathNotFound => 404,
             Self::MethodNotAllowed => 405,
             Self::HandshakeTimeout => 408,
@@ -156,6 +171,63 @@ impl RejectReason {
             | Self::UserConnectionLimit { retry_after_secs } => Some(*retry_after_secs),
             _ => None,
         }
+    }
+}
+
+/// Maximum number of bytes of a request value that an [`Excerpt`] keeps.
+pub const EXCERPT_MAX_BYTES: usize = 100;
+
+/// The first [`EXCERPT_MAX_BYTES`] bytes of a request value, for quoting it in an error text
+/// without allocating. `Display` writes printable ASCII as is, `\\` for a backslash, `\xNN`
+/// for every other byte (control bytes and non-ASCII), and `...` after a truncated value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Excerpt {
+    bytes: [u8; EXCERPT_MAX_BYTES],
+    /// INVARIANT: `len <= EXCERPT_MAX_BYTES`.
+    len: u8,
+    truncated: bool,
+}
+
+impl Excerpt {
+    /// Copies up to [`EXCERPT_MAX_BYTES`] bytes of `value`.
+    pub fn new(value: &[u8]) -> Self {
+        let kept = value.get(..EXCERPT_MAX_BYTES).unwrap_or(value);
+        let mut bytes = [0; EXCERPT_MAX_BYTES];
+        if let Some(slot) = bytes.get_mut(..kept.len()) {
+            slot.copy_from_slice(kept);
+        }
+        Self {
+            bytes,
+            len: u8::try_from(kept.len()).unwrap_or(u8::MAX),
+            truncated: value.len() > kept.len(),
+        }
+    }
+
+    /// Returns the bytes kept, at most [`EXCERPT_MAX_BYTES`].
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &byte in self.as_bytes() {
+            match byte {
+                b'\\' => f.write_str("\\\\")?,
+                b' '..=b'~' => f.write_char(char::from(byte))?,
+                _ => write!(f, "\\x{byte:02x}")?,
+            }
+        }
+        if self.truncated {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -287,6 +359,44 @@ mod tests {
             RejectReason::MissingToken.explain(&none),
             "no access token, and the server has every token source disabled"
         );
+    }
+
+    #[test]
+    fn excerpt_escapes_and_truncates() {
+        assert_eq!(
+            Excerpt::new(b"https://a.example").to_string(),
+            "https://a.example"
+        );
+        assert_eq!(
+            Excerpt::new(b"a\r\nb\\c\x7f\xc3\xa9").to_string(),
+            "a\\x0d\\x0ab\\\\c\\x7f\\xc3\\xa9"
+        );
+        let long = [b'x'; 150];
+        let excerpt = Excerpt::new(&long);
+        assert_eq!(excerpt.as_bytes().len(), EXCERPT_MAX_BYTES);
+        assert_eq!(excerpt.to_string(), format!("{}...", "x".repeat(100)));
+        assert_eq!(Excerpt::new(&long[..100]).to_string(), "x".repeat(100));
+    }
+
+    #[test]
+    fn origin_texts_name_the_problem() {
+        let origin = Excerpt::new(b"https://evil.example\n");
+        assert_eq!(
+            RejectReason::OriginNotAllowed { origin }.to_string(),
+            "origin https://evil.example\\x0a is not in allowed_origins, so it may not connect"
+        );
+        assert!(
+            RejectReason::MissingOrigin
+                .to_string()
+                .starts_with("request has no Origin header; allowed_origins is set, so ")
+        );
+        for reason in [
+            RejectReason::MissingOrigin,
+            RejectReason::DuplicateOrigin,
+            RejectReason::OriginNotAllowed { origin },
+        ] {
+            assert_eq!(reason.status(), 403, "{reason:?}");
+        }
     }
 
     #[test]
