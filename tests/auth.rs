@@ -155,3 +155,27 @@ fn basic_authorization_does_not_hide_query_token() {
         "{response}"
     );
 }
+
+#[test]
+fn rejection_texts_name_value_and_fix() {
+    let addr = start(config(1, "upgrade_rate_per_ip = 0\n"));
+    let exp = unix_now() - 10;
+    let expired = sign(json!({"sub": "a", "exp": exp}));
+    let lines = format!("Authorization: Bearer {expired}\r\n");
+
+    let response = http_exchange(addr, request_with("/ws", &lines).as_bytes());
+    assert_eq!(status_of(&response), 401, "{response}");
+    assert!(
+        response.ends_with(&format!(
+            "\r\n\r\ntoken expired at {exp} (Unix time); get a new token\n"
+        )),
+        "{response}"
+    );
+
+    let response = http_exchange(addr, request_with("/chat?x=1", &lines).as_bytes());
+    assert_eq!(status_of(&response), 404, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nno WebSocket endpoint at /chat; connect to /ws\n"),
+        "{response}"
+    );
+}

@@ -176,7 +176,9 @@ pub fn check_request<'b>(
     }
     let target = TargetParts::split(req.target);
     if target.path != cfg.path {
-        return Err(RejectReason::PathNotFound);
+        return Err(RejectReason::PathNotFound {
+            path: Excerpt::new(target.path.as_bytes()),
+        });
     }
 
     let fields = Fields::collect(&req.headers);
@@ -804,7 +806,12 @@ mod tests {
                 RejectReason::UnsupportedHttpVersion { major: 1, minor: 0 },
             ),
             (raw("POST /x HTTP/1.1", &[]), RejectReason::MethodNotAllowed),
-            (raw("GET /x HTTP/1.1", &[]), RejectReason::PathNotFound),
+            (
+                raw("GET /x HTTP/1.1", &[]),
+                RejectReason::PathNotFound {
+                    path: Excerpt::new(b"/x"),
+                },
+            ),
             (
                 raw("GET /ws HTTP/1.1", &["Content-Length: 1"]),
                 RejectReason::MissingHost,

@@ -90,8 +90,12 @@ pub enum RejectReason {
         origin: Excerpt,
     },
     /// The target's path is not the WebSocket endpoint. HTTP 404.
-    #[error("no WebSocket endpoint at this path")]
-    PathNotFound,
+    /// [`RejectReason::explain`] adds the configured path.
+    #[error("no WebSocket endpoint at {path}")]
+    PathNotFound {
+        /// The path received, without the query.
+        path: Excerpt,
+    },
     /// The server has no room for another connection. HTTP 503 with `Retry-After`.
     #[error("server is at its connection limit; retry after {retry_after_secs} s")]
     ServerFull {
@@ -117,8 +121,12 @@ pub enum RejectReason {
     #[error("Sec-WebSocket-Version must appear once with the value 13")]
     UnsupportedWebSocketVersion,
     /// The authenticated user has too many open connections. HTTP 429 with `Retry-After`.
-    #[error("too many open connections for this user; retry after {retry_after_secs} s")]
+    #[error(
+        "user already has {max} open connections (max_connections_per_user); close one or retry after {retry_after_secs} s"
+    )]
     UserConnectionLimit {
+        /// The per-user limit, `max_connections_per_user`.
+        max: u32,
         /// Seconds the client should wait before it retries.
         retry_after_secs: u32,
     },
@@ -143,7 +151,7 @@ impl RejectReason {
             | Self::UnexpectedBody => 400,
             Self::InvalidToken(_) | Self::MissingToken => 401,
             Self::DuplicateOrigin | Self::MissingOrigin | Self::OriginNotAllowed { .. } => 403,
-            Self::PathNotFound => 404,
+            Self::PathNotFound { .. } => 404,
             Self::MethodNotAllowed => 405,
             Self::HandshakeTimeout => 408,
             Self::UnsupportedWebSocketVersion => 426,
@@ -154,10 +162,12 @@ impl RejectReason {
     }
 
     /// Builds the response body text: the `Display` text, completed from `cfg` where the
-    /// configuration names the fix. A missing token lists the enabled token sources.
+    /// configuration names the fix. A missing token lists the enabled token sources, and a
+    /// wrong path names the configured one.
     pub fn explain(&self, cfg: &HandshakeConfig) -> String {
         match self {
             Self::MissingToken => missing_token_text(cfg),
+            Self::PathNotFound { .. } => format!("{self}; connect to {}", cfg.path),
             _ => self.to_string(),
         }
     }
@@ -168,7 +178,9 @@ impl RejectReason {
         match self {
             Self::IpRateLimited { retry_after_secs }
             | Self::ServerFull { retry_after_secs }
-            | Self::UserConnectionLimit { retry_after_secs } => Some(*retry_after_secs),
+            | Self::UserConnectionLimit {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }
@@ -302,6 +314,7 @@ mod tests {
             ),
             (
                 RejectReason::UserConnectionLimit {
+                    max: 32,
                     retry_after_secs: 4,
                 },
                 429,
@@ -325,8 +338,11 @@ mod tests {
 
     #[test]
     fn invalid_token_display_is_the_auth_error_text() {
-        let reason = RejectReason::from(AuthError::Expired);
-        assert_eq!(reason.to_string(), "token has expired");
+        let reason = RejectReason::from(AuthError::Expired { exp: Some(1) });
+        assert_eq!(
+            reason.to_string(),
+            "token expired at 1 (Unix time); get a new token"
+        );
         assert_eq!(reason.status(), 401);
     }
 
@@ -358,6 +374,31 @@ mod tests {
         assert_eq!(
             RejectReason::MissingToken.explain(&none),
             "no access token, and the server has every token source disabled"
+        );
+    }
+
+    #[test]
+    fn explain_wrong_path_names_configured_path() {
+        let reason = RejectReason::PathNotFound {
+            path: Excerpt::new(b"/x\x1b"),
+        };
+        assert_eq!(reason.to_string(), "no WebSocket endpoint at /x\\x1b");
+        assert_eq!(
+            reason.explain(&HandshakeConfig::default()),
+            "no WebSocket endpoint at /x\\x1b; connect to /ws"
+        );
+    }
+
+    #[test]
+    fn user_limit_text_names_the_limit() {
+        let reason = RejectReason::UserConnectionLimit {
+            max: 32,
+            retry_after_secs: 5,
+        };
+        assert_eq!(
+            reason.to_string(),
+            "user already has 32 open connections (max_connections_per_user); close one or \
+             retry after 5 s"
         );
     }
 

@@ -119,6 +119,7 @@ fn push_decimal(out: &mut Vec<u8>, value: u64) {
 mod tests {
     use super::*;
     use crate::auth::AuthError;
+    use crate::handshake::Excerpt;
     use crate::http::{ParseError, list_contains_ignore_case};
 
     /// A parsed response: status code, header fields and body.
@@ -232,8 +233,16 @@ mod tests {
                 431,
             ),
             (RejectReason::MissingToken, 401),
-            (RejectReason::InvalidToken(AuthError::Expired), 401),
-            (RejectReason::PathNotFound, 404),
+            (
+                RejectReason::InvalidToken(AuthError::Expired { exp: Some(1) }),
+                401,
+            ),
+            (
+                RejectReason::PathNotFound {
+                    path: Excerpt::new(b"/x"),
+                },
+                404,
+            ),
             (RejectReason::MethodNotAllowed, 405),
             (RejectReason::HandshakeTimeout, 408),
             (RejectReason::UnsupportedWebSocketVersion, 426),
@@ -245,6 +254,7 @@ mod tests {
             ),
             (
                 RejectReason::UserConnectionLimit {
+                    max: 1,
                     retry_after_secs: 60,
                 },
                 429,
@@ -321,9 +331,11 @@ mod tests {
         });
         assert!(has(&full, "Retry-After", "4294967295"));
         assert!(
-            !fields(RejectReason::PathNotFound)
-                .iter()
-                .any(|(n, _)| n == "Retry-After")
+            !fields(RejectReason::PathNotFound {
+                path: Excerpt::new(b"/x")
+            })
+            .iter()
+            .any(|(n, _)| n == "Retry-After")
         );
     }
 

@@ -786,6 +786,7 @@ impl Worker {
             tracing::debug!(conn = conn_id, %peer, user = %user, "per-user connection cap reached");
             self.shared.release_connection();
             let reason = RejectReason::UserConnectionLimit {
+                max: u32::try_from(cap).unwrap_or(u32::MAX),
                 retry_after_secs: 5,
             };
             self.reject(&stream, &reason, accepted_at).await;
