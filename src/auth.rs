@@ -40,9 +40,13 @@ pub enum AuthError {
     /// The header `alg` is unknown, `none`, or missing from [`AuthConfig::algorithms`].
     #[error("token algorithm is not in the allowed list")]
     AlgorithmNotAllowed,
-    /// `exp` plus leeway is at or before the verification time.
-    #[error("token has expired")]
-    Expired,
+    /// `exp` plus leeway is at or before the verification time. `exp` is the claim in Unix
+    /// seconds, `None` only if `jsonwebtoken` itself reports the expiry.
+    #[error("token expired{}; get a new token", expired_at(.exp))]
+    Expired {
+        /// The token's `exp` claim, in Unix seconds.
+        exp: Option<u64>,
+    },
     /// An audience is configured and `aud` does not contain it, or no audience is configured
     /// and the token carries `aud`.
     #[error("token audience is not accepted")]
@@ -66,6 +70,12 @@ pub enum AuthError {
     /// `nbf` is later than the verification time plus leeway.
     #[error("token is not valid yet")]
     NotYetValid,
+}
+
+/// Formats the ` at <exp> (Unix time)` part of the [`AuthError::Expired`] text.
+fn expired_at(exp: &Option<u64>) -> String {
+    exp.map(|exp| format!(" at {exp} (Unix time)"))
+        .unwrap_or_default()
 }
 
 /// Key that [`Verifier`] checks signatures with.
@@ -297,7 +307,7 @@ impl Verifier {
         // RFC 7519 §4.1.4: the current time must be before `exp`, so a token is expired from
         // second `exp` onwards.
         if now_unix >= exp.0.saturating_add(self.leeway_secs) {
-            return Err(AuthError::Expired);
+            return Err(AuthError::Expired { exp: Some(exp.0) });
         }
 
         // RFC 7519 §4.1.5: the current time must be at or after `nbf`.
@@ -690,7 +700,7 @@ fn map_decode_error(error: &JwtError) -> AuthError {
         | ErrorKind::MissingAlgorithm
         | ErrorKind::UnsupportedAlgorithm => AuthError::AlgorithmNotAllowed,
         ErrorKind::InvalidSignature => AuthError::InvalidSignature,
-        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ExpiredSignature => AuthError::Expired { exp: None },
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
         ErrorKind::InvalidAudience => AuthError::InvalidAudience,
         ErrorKind::InvalidIssuer => AuthError::InvalidIssuer,
@@ -893,6 +903,10 @@ mod tests {
         )
     }
 
+    fn expired(exp: u64) -> AuthError {
+        AuthError::Expired { exp: Some(exp) }
+    }
+
     fn hs256_signer() -> Signer {
         Signer::from_secret(Algorithm::HS256, SECRET).expect("HS256 test signer is valid")
     }
@@ -904,7 +918,16 @@ mod tests {
                 AuthError::AlgorithmNotAllowed,
                 "token algorithm is not in the allowed list",
             ),
-            (AuthError::Expired, "token has expired"),
+            (
+                AuthError::Expired {
+                    exp: Some(1_700_000_000),
+                },
+                "token expired at 1700000000 (Unix time); get a new token",
+            ),
+            (
+                AuthError::Expired { exp: None },
+                "token expired; get a new token",
+            ),
             (AuthError::InvalidAudience, "token audience is not accepted"),
             (AuthError::InvalidIssuer, "token issuer is not accepted"),
             (AuthError::InvalidSignature, "token signature is invalid"),
@@ -1088,12 +1111,12 @@ mod tests {
     fn verify_exp_boundary_and_leeway() {
         // `exp` is exclusive: a token is valid while now < exp + leeway.
         let cases = [
-            (NOW - 1, 0, Err(AuthError::Expired)),
-            (NOW, 0, Err(AuthError::Expired)),
+            (NOW - 1, 0, Err(expired(NOW - 1))),
+            (NOW, 0, Err(expired(NOW))),
             (NOW + 1, 0, Ok(())),
-            (NOW - 5, 5, Err(AuthError::Expired)),
+            (NOW - 5, 5, Err(expired(NOW - 5))),
             (NOW - 4, 5, Ok(())),
-            (0, 0, Err(AuthError::Expired)),
+            (0, 0, Err(expired(0))),
             (u64::MAX, u64::MAX, Ok(())),
         ];
         for (exp, leeway_secs, expected) in cases {
@@ -1134,7 +1157,7 @@ mod tests {
             (format!(r#"{{"sub":"u","exp":{}.5}}"#, NOW), Ok(NOW + 1)),
             (
                 format!(r#"{{"sub":"u","exp":{}.5}}"#, NOW - 1),
-                Err(AuthError::Expired),
+                Err(expired(NOW)),
             ),
             (
                 format!(r#"{{"sub":"u","exp":{}.0}}"#, NOW + 10),
@@ -1172,10 +1195,7 @@ mod tests {
                 r#"{"sub":"u","exp":-1}"#.to_owned(),
                 Err(AuthError::Malformed),
             ),
-            (
-                r#"{"sub":"u","exp":-0.5}"#.to_owned(),
-                Err(AuthError::Expired),
-            ),
+            (r#"{"sub":"u","exp":-0.5}"#.to_owned(), Err(expired(0))),
             (
                 r#"{"sub":"u","exp":1e300}"#.to_owned(),
                 Err(AuthError::Malformed),
@@ -1769,7 +1789,7 @@ mod tests {
             iat: Some(NOW),
         };
         assert_eq!(claims, Ok(expected));
-        assert_eq!(verifier.verify(&token, NOW + 300), Err(AuthError::Expired));
+        assert_eq!(verifier.verify(&token, NOW + 300), Err(expired(NOW + 300)));
     }
 
     #[test]

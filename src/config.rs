@@ -512,6 +512,13 @@ impl Config {
             })?;
             trusted_proxies.push(parsed);
         }
+        for origin in &file.allowed_origins {
+            check_origin(origin).map_err(|allowed| ConfigError::Range {
+                key: "allowed_origins",
+                value: format!("{origin:?}"),
+                allowed,
+            })?;
+        }
         check_range(
             "auth.leeway_secs",
             usize::try_from(file.auth.leeway_secs).unwrap_or(usize::MAX),
@@ -884,6 +891,84 @@ fn write_optional(f: &mut fmt::Formatter<'_>, key: &str, value: Option<&str>) ->
     }
 }
 
+/// The form of an `allowed_origins` entry, for error messages.
+const ORIGIN_FORM: &str = "an origin as browsers send it in the Origin header: http:// or https://, a host and an optional port, with no path and no trailing slash, such as \"https://chat.example.com\" or \"http://localhost:8080\"";
+
+/// Checks that `entry` is an origin as a browser serializes it (RFC 6454 §6.2). That is
+/// `http://` or `https://`, an ASCII host (a DNS name, an IPv4 address or a bracketed IPv6
+/// address) and an optional port that is not the scheme's default. The handshake compares the
+/// `Origin` field with the entries as strings, so an entry in any other form never matches.
+/// Returns the expected form when it does not fit.
+fn check_origin(entry: &str) -> Result<(), &'static str> {
+    if entry.contains('*') {
+        return Err(
+            "an exact origin such as \"https://chat.example.com\": wildcards are not supported, so list each origin",
+        );
+    }
+    if entry.eq_ignore_ascii_case("null") {
+        return Err(
+            "an origin such as \"https://chat.example.com\": \"null\" is not supported, because sandboxed frames and local files on any site send it",
+        );
+    }
+    let (default_port, rest) = if let Some(rest) = entry.strip_prefix("https://") {
+        ("443", rest)
+    } else if let Some(rest) = entry.strip_prefix("http://") {
+        ("80", rest)
+    } else {
+        return Err(ORIGIN_FORM);
+    };
+    if rest.ends_with('/') {
+        return Err(
+            "an origin without a trailing slash or path, such as \"https://chat.example.com\", which is what browsers send",
+        );
+    }
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err(ORIGIN_FORM);
+    }
+
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => {
+            let Some((address, after)) = bracketed.split_once(']') else {
+                return Err(ORIGIN_FORM);
+            };
+            if address.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(ORIGIN_FORM);
+            }
+            match after {
+                "" => (address, None),
+                _ => (address, Some(after.strip_prefix(':').ok_or(ORIGIN_FORM)?)),
+            }
+        }
+        None => match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    let host_valid = !host.is_empty()
+        && (rest.starts_with('[')
+            || host
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'.'));
+    if !host_valid {
+        return Err(ORIGIN_FORM);
+    }
+    let Some(port) = port else {
+        return Ok(());
+    };
+    if port == default_port {
+        return Err(
+            "an origin without the scheme's default port (443 for https, 80 for http), because browsers leave it out",
+        );
+    }
+    let port_valid = !port.is_empty()
+        && port.bytes().all(|byte| byte.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|port| port != 0);
+    if !port_valid {
+        return Err(ORIGIN_FORM);
+    }
+    Ok(())
+}
+
 fn check_range(
     key: &'static str,
     value: usize,
@@ -948,6 +1033,64 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, std::path::Path::new("test.toml"))
+    }
+
+    #[test]
+    fn check_origin_accepts_browser_origins() {
+        for origin in [
+            "https://chat.example.com",
+            "http://localhost:8080",
+            "http://127.0.0.1:3000",
+            "https://[::1]:8443",
+            "http://[2001:db8::1]",
+            "https://xn--bcher-kva.example",
+        ] {
+            assert_eq!(check_origin(origin), Ok(()), "{origin}");
+        }
+    }
+
+    #[test]
+    fn check_origin_rejects_other_forms() {
+        for origin in [
+            "",
+            "chat.example.com",
+            "wss://chat.example.com",
+            "https://",
+            "https://chat.example.com/",
+            "https://chat.example.com/app",
+            "https://chat.example.com?x",
+            "https://user@chat.example.com",
+            "https://*.example.com",
+            "*",
+            "null",
+            "https://chat.example.com:443",
+            "http://localhost:80",
+            "http://localhost:",
+            "http://localhost:0",
+            "http://localhost:70000",
+            "http://localhost:+80",
+            "https://[::1",
+            "https://[zz]",
+            "https://bücher.example",
+            "https://chat example.com",
+        ] {
+            assert!(check_origin(origin).is_err(), "{origin}");
+        }
+    }
+
+    #[test]
+    fn allowed_origins_error_names_entry_and_form() {
+        let error =
+            parse("allowed_origins = [\"https://ok.example\", \"https://chat.example.com/\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.starts_with(
+                "invalid value for `allowed_origins`: \"https://chat.example.com/\" ("
+            ),
+            "{error}"
+        );
+        assert!(error.contains("trailing slash"), "{error}");
     }
 
     #[test]

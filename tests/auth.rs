@@ -121,3 +121,61 @@ fn optional_auth_admits_anonymous_but_checks_present_tokens() {
     assert_eq!(status_of(&read_head(&mut stream).0), 101);
     assert_invalid_token(addr, "not.a.token", "invalid token with optional auth");
 }
+
+/// Returns an upgrade request for `target` with the extra header `lines`.
+fn request_with(target: &str, lines: &str) -> String {
+    format!(
+        "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{lines}\r\n"
+    )
+}
+
+#[test]
+fn basic_authorization_does_not_hide_query_token() {
+    let addr = start(config(1, "upgrade_rate_per_ip = 0\n"));
+    let basic = "Authorization: Basic dXNlcjpwYXNz\r\n";
+
+    let request = request_with(&format!("/ws?access_token={}", token("basic-user")), basic);
+    let mut stream = connect(addr);
+    std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+    assert_eq!(status_of(&read_head(&mut stream).0), 101);
+
+    let response = http_exchange(addr, request_with("/ws", basic).as_bytes());
+    assert_eq!(status_of(&response), 401, "{response}");
+    assert!(
+        response.contains("\r\nWWW-Authenticate: Bearer\r\n"),
+        "{response}"
+    );
+    assert!(
+        response.ends_with(
+            "\r\n\r\nno access token: send `Authorization: Bearer <token>`, \
+             `Sec-WebSocket-Protocol: framegate.jwt, <token>`, the `access_token` query \
+             parameter or the `framegate_token` cookie\n"
+        ),
+        "{response}"
+    );
+}
+
+#[test]
+fn rejection_texts_name_value_and_fix() {
+    let addr = start(config(1, "upgrade_rate_per_ip = 0\n"));
+    let exp = unix_now() - 10;
+    let expired = sign(json!({"sub": "a", "exp": exp}));
+    let lines = format!("Authorization: Bearer {expired}\r\n");
+
+    let response = http_exchange(addr, request_with("/ws", &lines).as_bytes());
+    assert_eq!(status_of(&response), 401, "{response}");
+    assert!(
+        response.ends_with(&format!(
+            "\r\n\r\ntoken expired at {exp} (Unix time); get a new token\n"
+        )),
+        "{response}"
+    );
+
+    let response = http_exchange(addr, request_with("/chat?x=1", &lines).as_bytes());
+    assert_eq!(status_of(&response), 404, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\nno WebSocket endpoint at /chat; connect to /ws\n"),
+        "{response}"
+    );
+}

@@ -124,6 +124,25 @@ fn origin_outside_allowed_list_gets_403() {
         403,
         "a missing Origin is refused too"
     );
+
+    let request = "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+                   Authorization: Bearer x\r\n";
+    let response = http_exchange(addr, format!("{request}\r\n").as_bytes());
+    assert!(
+        response.ends_with("\r\n\r\nrequest has no Origin header; allowed_origins is set, so only browser pages on a listed origin may connect\n"),
+        "{response}"
+    );
+    let response = http_exchange(
+        addr,
+        format!("{request}Origin: https://evil.example\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        response.ends_with(
+            "\r\n\r\norigin https://evil.example is not in allowed_origins, so it may not connect\n"
+        ),
+        "{response}"
+    );
 }
 
 #[test]

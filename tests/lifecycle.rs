@@ -240,3 +240,25 @@ fn slow_consumer_is_closed_and_memory_stays_bounded() {
         "server memory grew from {baseline} KiB to {peak} KiB"
     );
 }
+
+#[test]
+fn busy_admin_port_names_admin_listen_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    let admin = taken.local_addr().expect("local address");
+    let output = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "1"])
+        .args(["--admin-listen", &admin.to_string()])
+        .env("FRAMEGATE_JWT_SECRET", std::str::from_utf8(SECRET).unwrap())
+        .env("FRAMEGATE_LOG", "warn")
+        .stdout(Stdio::null())
+        .output()
+        .expect("run framegate");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot bind the admin listener on {admin}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--admin-listen"), "{stderr}");
+    assert!(!stderr.contains("--listen "), "{stderr}");
+}

@@ -82,6 +82,58 @@ fn push_api_without_key_variable_returns_404() {
 }
 
 #[test]
+fn push_api_off_names_key_variable() {
+    let started = start_full(config(
+        1,
+        "push_api_key_env = \"FRAMEGATE_TEST_PUSH_KEY_NEVER_SET\"\n",
+    ));
+    let admin = started.admin.expect("admin listener");
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), "{}");
+    assert_eq!(status, 404);
+    assert!(
+        reply.contains("FRAMEGATE_TEST_PUSH_KEY_NEVER_SET (push_api_key_env) is unset or empty"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn admin_wrong_method_gets_405_with_allow() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let cases = [
+        ("POST", "/metrics", "GET"),
+        ("GET", "/v1/push", "POST"),
+        ("GET", "/v1/disconnect", "POST"),
+        ("PUT", "/v1/connections/1", "POST, DELETE"),
+    ];
+    for (method, path, allow) in cases {
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {KEY}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let response = http_exchange(admin, request.as_bytes());
+        assert_eq!(status_of(&response), 405, "{method} {path}: {response}");
+        assert!(
+            response.contains(&format!("\r\nAllow: {allow}\r\n")),
+            "{method} {path}: {response}"
+        );
+    }
+}
+
+#[test]
+fn push_body_error_names_expected_form() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), "{x}");
+    assert_eq!(status, 400);
+    let error: serde_json::Value = serde_json::from_str(&reply).expect("JSON error body");
+    assert_eq!(
+        error["error"],
+        "body must be JSON {\"users\": [...], \"message\": ...}: key must be a string at line 1 column 2"
+    );
+}
+
+#[test]
 fn push_api_wrong_or_missing_key_returns_401() {
     let started = push_server(1);
     let admin = started.admin.expect("admin listener");
@@ -158,8 +210,12 @@ fn push_connection_by_id_then_delete_then_410() {
     let path = format!("/v1/connections/{other_worker}");
     let (status, _) = admin_request(admin, "POST", &path, Some(KEY), "{}");
     assert_eq!(status, 404);
-    let (status, _) = admin_request(admin, "POST", "/v1/connections/abc", Some(KEY), "{}");
-    assert_eq!(status, 404);
+    let (status, reply) = admin_request(admin, "POST", "/v1/connections/abc", Some(KEY), "{}");
+    assert_eq!(status, 400);
+    assert!(
+        reply.contains("connection id must be a decimal integer"),
+        "{reply}"
+    );
 }
 
 /// Returns a user id that the shard ring gives to worker `owner` of `workers`.
@@ -258,4 +314,41 @@ fn admin_body_above_limit_returns_413() {
     );
     let response = http_exchange(admin, request.as_bytes());
     assert_eq!(status_of(&response), 413);
+}
+
+#[test]
+fn push_message_reaches_client_byte_for_byte() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let mut client = open(started.addr, "erin");
+    let message = r#"{"z":1,"a":12345678901234567890123,"a":"dup","s":"caf\u00e9"}"#;
+
+    let body = format!(r#"{{"users":["erin"],"message":{message}}}"#);
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), &body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_payload(&mut client), message);
+
+    let body = format!(" \n{message}\n");
+    let (status, reply) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), &body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_payload(&mut client), message);
+
+    let body = r#"{"users":["erin"],"message":"plain \"text\""}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(
+        next_payload(&mut client),
+        r#""plain \"text\"""#,
+        "a string message is sent as its JSON text"
+    );
+}
+
+/// Returns the payload of the next text frame as text.
+fn next_payload(client: &mut RawClient) -> String {
+    loop {
+        let frame = client.read_frame().expect("frame before close");
+        if frame.opcode == 0x1 {
+            return String::from_utf8(frame.payload).expect("text frame is UTF-8");
+        }
+    }
 }

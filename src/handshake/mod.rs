@@ -42,8 +42,8 @@ mod response;
 mod token;
 
 pub use key::accept_key;
-pub use reject::RejectReason;
-pub use response::{write_reject, write_switching_protocols};
+pub use reject::{EXCERPT_MAX_BYTES, Excerpt, RejectReason};
+pub use response::{write_reject, write_reject_for, write_switching_protocols};
 
 /// Handshake settings: the endpoint path, the token sources and the supported subprotocols.
 /// `crate::config` builds them once from the configuration file.
@@ -114,19 +114,27 @@ pub struct Upgrade<'b> {
     pub forwarded_for: Option<&'b [u8]>,
 }
 
-/// True when the request has exactly one `Origin` and it matches an allowed origin (ASCII
-/// case-insensitive, as origins serialize scheme and host in lowercase).
-fn origin_allowed(req: &Request<'_>, allowed: &[String]) -> bool {
+/// Checks that the request has exactly one `Origin` and that it matches an allowed origin
+/// (ASCII case-insensitive, as origins serialize scheme and host in lowercase).
+fn check_origin(req: &Request<'_>, allowed: &[String]) -> Result<(), RejectReason> {
     let mut origins = req
         .headers
         .iter()
         .filter(|header| header.name.eq_ignore_ascii_case("origin"));
-    let (Some(origin), None) = (origins.next(), origins.next()) else {
-        return false;
+    let origin = match (origins.next(), origins.next()) {
+        (None, _) => return Err(RejectReason::MissingOrigin),
+        (Some(_), Some(_)) => return Err(RejectReason::DuplicateOrigin),
+        (Some(origin), None) => origin.value,
     };
-    allowed
+    let listed = allowed
         .iter()
-        .any(|candidate| origin.value.eq_ignore_ascii_case(candidate.as_bytes()))
+        .any(|candidate| origin.eq_ignore_ascii_case(candidate.as_bytes()));
+    if !listed {
+        return Err(RejectReason::OriginNotAllowed {
+            origin: Excerpt::new(origin),
+        });
+    }
+    Ok(())
 }
 
 /// Prints the token's source and length but never the token itself.
@@ -168,7 +176,9 @@ pub fn check_request<'b>(
     }
     let target = TargetParts::split(req.target);
     if target.path != cfg.path {
-        return Err(RejectReason::PathNotFound);
+        return Err(RejectReason::PathNotFound {
+            path: Excerpt::new(target.path.as_bytes()),
+        });
     }
 
     let fields = Fields::collect(&req.headers);
@@ -190,8 +200,8 @@ pub fn check_request<'b>(
     }
 
     // RFC 6455 §10.2: the server may use Origin to refuse connections from other sites.
-    if !cfg.allowed_origins.is_empty() && !origin_allowed(req, &cfg.allowed_origins) {
-        return Err(RejectReason::OriginNotAllowed);
+    if !cfg.allowed_origins.is_empty() {
+        check_origin(req, &cfg.allowed_origins)?;
     }
 
     // RFC 6455 §4.2.1 item 5: the key is a base64-encoded 16-byte nonce, sent once.
@@ -771,8 +781,8 @@ mod tests {
                 400,
             ),
             (
-                "basic auth",
-                upgrade_request("/ws", &[], &["Authorization: Basic dXNlcjpwYXNz"]),
+                "bearer with two words",
+                upgrade_request("/ws", &[], &["Authorization: Bearer a b"]),
                 401,
             ),
             (
@@ -796,7 +806,12 @@ mod tests {
                 RejectReason::UnsupportedHttpVersion { major: 1, minor: 0 },
             ),
             (raw("POST /x HTTP/1.1", &[]), RejectReason::MethodNotAllowed),
-            (raw("GET /x HTTP/1.1", &[]), RejectReason::PathNotFound),
+            (
+                raw("GET /x HTTP/1.1", &[]),
+                RejectReason::PathNotFound {
+                    path: Excerpt::new(b"/x"),
+                },
+            ),
             (
                 raw("GET /ws HTTP/1.1", &["Content-Length: 1"]),
                 RejectReason::MissingHost,
@@ -829,7 +844,11 @@ mod tests {
                 RejectReason::UnsupportedWebSocketVersion,
             ),
             (
-                upgrade_request("/ws", &["Sec-WebSocket-Key"], &["Authorization: Basic x"]),
+                upgrade_request(
+                    "/ws",
+                    &["Sec-WebSocket-Key"],
+                    &["Authorization: Bearer a b"],
+                ),
                 RejectReason::MissingKey,
             ),
             (
@@ -845,7 +864,7 @@ mod tests {
                 RejectReason::InvalidSubprotocol,
             ),
             (
-                upgrade_request("/ws", &[], &["Authorization: Basic x"]),
+                upgrade_request("/ws", &[], &["Authorization: Bearer a b"]),
                 RejectReason::InvalidToken(AuthError::Malformed),
             ),
         ];
@@ -969,11 +988,8 @@ mod tests {
     fn check_invalid_source_stops_search() {
         let cfg = all_sources();
         let cases: &[(&str, &[&str])] = &[
-            (
-                "/ws?access_token=ok",
-                &["Authorization: Basic dXNlcjpwYXNz"],
-            ),
             ("/ws?access_token=ok", &["Authorization: Bearer "]),
+            ("/ws?access_token=ok", &["Authorization: Bearerok"]),
             (
                 "/ws?access_token=ok",
                 &["Sec-WebSocket-Protocol: framegate.jwt"],
@@ -989,6 +1005,70 @@ mod tests {
                 Err(RejectReason::InvalidToken(AuthError::Malformed)),
                 "{target} {extra:?}"
             );
+        }
+    }
+
+    #[test]
+    fn check_origin_verdicts_name_the_problem() {
+        let cfg = HandshakeConfig {
+            allowed_origins: vec!["https://chat.example.com".to_owned()],
+            ..HandshakeConfig::default()
+        };
+        let long = format!("https://{}.example", "a".repeat(200));
+        let long_line = format!("Origin: {long}");
+        let cases: [(&[&str], _); 5] = [
+            (&["Origin: HTTPS://Chat.Example.com"], Ok(())),
+            (&[], Err(RejectReason::MissingOrigin)),
+            (
+                &["Origin: https://chat.example.com", "Origin: https://x"],
+                Err(RejectReason::DuplicateOrigin),
+            ),
+            (
+                &["Origin: https://evil.example"],
+                Err(RejectReason::OriginNotAllowed {
+                    origin: Excerpt::new(b"https://evil.example"),
+                }),
+            ),
+            (
+                &[&long_line],
+                Err(RejectReason::OriginNotAllowed {
+                    origin: Excerpt::new(long.as_bytes()),
+                }),
+            ),
+        ];
+        for (extra, expected) in cases {
+            let request = upgrade_request("/ws", &[], extra);
+            assert_eq!(verdict(&request, &cfg).map(|_| ()), expected, "{extra:?}");
+        }
+    }
+
+    #[test]
+    fn check_other_authorization_scheme_falls_through() {
+        let cfg = all_sources();
+        let basic = "Authorization: Basic dXNlcjpwYXNz";
+        type Case<'a> = (&'a str, &'a [&'a str], Option<(TokenSource, &'a str)>);
+        let cases: &[Case<'_>] = &[
+            (
+                "/ws?access_token=q",
+                &[basic],
+                Some((TokenSource::Query, "q")),
+            ),
+            (
+                "/ws",
+                &[basic, "Cookie: framegate_token=c"],
+                Some((TokenSource::Cookie, "c")),
+            ),
+            (
+                "/ws",
+                &[basic, "Sec-WebSocket-Protocol: framegate.jwt, p"],
+                Some((TokenSource::Protocol, "p")),
+            ),
+            ("/ws", &[basic], None),
+        ];
+        for (target, extra, token) in cases {
+            let request = upgrade_request(target, &[], extra);
+            let (_, upgrade) = check(&request, &cfg);
+            assert_eq!(upgrade.token, *token, "{target} {extra:?}");
         }
     }
 
@@ -1071,7 +1151,7 @@ mod tests {
             raw("GET /ws HTTP/1.0", &[]),
             raw("PUT /ws HTTP/1.1", &[]),
             upgrade_request("/ws", &["Sec-WebSocket-Version: 7"], &[]),
-            upgrade_request("/ws", &[], &["Authorization: Basic x"]),
+            upgrade_request("/ws", &[], &["Authorization: Bearer a b"]),
         ];
         for request in requests {
             let Err(reason) = verdict(&request, &cfg) else {

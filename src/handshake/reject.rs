@@ -7,16 +7,23 @@
 
 #![forbid(unsafe_code)]
 
+use std::fmt::{self, Write as _};
+
 use crate::auth::AuthError;
+use crate::handshake::HandshakeConfig;
 use crate::http::ParseError;
 
 /// Reason for rejecting an upgrade request. The `Display` text is sent to the client as the
-/// response body, so it names the failed check and never quotes request values or tokens.
+/// response body, so it names the failed check. It never quotes tokens, and quotes a request
+/// value (the path or the origin) only as an [`Excerpt`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
     /// More than one `Host` field line (RFC 9112 §3.2). HTTP 400.
     #[error("request has more than one Host header field")]
     DuplicateHost,
+    /// More than one `Origin` field line while `allowed_origins` is set. HTTP 403.
+    #[error("request has more than one Origin header field; send one")]
+    DuplicateOrigin,
     /// More than one `Sec-WebSocket-Key` field line (RFC 6455 §11.3.1). HTTP 400.
     #[error("request has more than one Sec-WebSocket-Key header field")]
     DuplicateKey,
@@ -57,12 +64,18 @@ pub enum RejectReason {
     /// No `Host` field line (RFC 9112 §3.2). HTTP 400.
     #[error("request has no Host header field")]
     MissingHost,
+    /// No `Origin` field line while `allowed_origins` is set. Browsers always send one on a
+    /// WebSocket upgrade (RFC 6455 §4.1), so the client is not a browser page. HTTP 403.
+    #[error(
+        "request has no Origin header; allowed_origins is set, so only browser pages on a listed origin may connect"
+    )]
+    MissingOrigin,
     /// No `Sec-WebSocket-Key` field line (RFC 6455 §4.2.1 item 5). HTTP 400.
     #[error("request has no Sec-WebSocket-Key header field")]
     MissingKey,
     /// No access token in any enabled source. HTTP 401 with `WWW-Authenticate: Bearer`
-    /// (RFC 6750 §3).
-    #[error("request has no access token")]
+    /// (RFC 6750 §3). [`RejectReason::explain`] lists the enabled sources.
+    #[error("no access token")]
     MissingToken,
     /// `Upgrade` has no `websocket` protocol (RFC 6455 §4.2.1 item 3). HTTP 400.
     #[error("Upgrade header field does not contain websocket")]
@@ -70,12 +83,19 @@ pub enum RejectReason {
     /// The request head could not be parsed. HTTP 431 for the size limits, 400 otherwise.
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// `Origin` is missing or not in `allowed_origins` (RFC 6455 §10.2). HTTP 403.
-    #[error("origin is not allowed to connect")]
-    OriginNotAllowed,
+    /// `Origin` is not in `allowed_origins` (RFC 6455 §10.2). HTTP 403.
+    #[error("origin {origin} is not in allowed_origins, so it may not connect")]
+    OriginNotAllowed {
+        /// The `Origin` field value received.
+        origin: Excerpt,
+    },
     /// The target's path is not the WebSocket endpoint. HTTP 404.
-    #[error("no WebSocket endpoint at this path")]
-    PathNotFound,
+    /// [`RejectReason::explain`] adds the configured path.
+    #[error("no WebSocket endpoint at {path}")]
+    PathNotFound {
+        /// The path received, without the query.
+        path: Excerpt,
+    },
     /// The server has no room for another connection. HTTP 503 with `Retry-After`.
     #[error("server is at its connection limit; retry after {retry_after_secs} s")]
     ServerFull {
@@ -101,8 +121,12 @@ pub enum RejectReason {
     #[error("Sec-WebSocket-Version must appear once with the value 13")]
     UnsupportedWebSocketVersion,
     /// The authenticated user has too many open connections. HTTP 429 with `Retry-After`.
-    #[error("too many open connections for this user; retry after {retry_after_secs} s")]
+    #[error(
+        "user already has {max} open connections (max_connections_per_user); close one or retry after {retry_after_secs} s"
+    )]
     UserConnectionLimit {
+        /// The per-user limit, `max_connections_per_user`.
+        max: u32,
         /// Seconds the client should wait before it retries.
         retry_after_secs: u32,
     },
@@ -126,8 +150,8 @@ impl RejectReason {
             | Self::Parse(_)
             | Self::UnexpectedBody => 400,
             Self::InvalidToken(_) | Self::MissingToken => 401,
-            Self::OriginNotAllowed => 403,
-            Self::PathNotFound => 404,
+            Self::DuplicateOrigin | Self::MissingOrigin | Self::OriginNotAllowed { .. } => 403,
+            Self::PathNotFound { .. } => 404,
             Self::MethodNotAllowed => 405,
             Self::HandshakeTimeout => 408,
             Self::UnsupportedWebSocketVersion => 426,
@@ -137,16 +161,112 @@ impl RejectReason {
         }
     }
 
+    /// Builds the response body text: the `Display` text, completed from `cfg` where the
+    /// configuration names the fix. A missing token lists the enabled token sources, and a
+    /// wrong path names the configured one.
+    pub fn explain(&self, cfg: &HandshakeConfig) -> String {
+        match self {
+            Self::MissingToken => missing_token_text(cfg),
+            Self::PathNotFound { .. } => format!("{self}; connect to {}", cfg.path),
+            _ => self.to_string(),
+        }
+    }
+
     /// Returns the seconds for the `Retry-After` field of a 429 or 503 rejection, or `None`
     /// for rejections that a retry cannot fix.
     pub fn retry_after_secs(&self) -> Option<u32> {
         match self {
             Self::IpRateLimited { retry_after_secs }
             | Self::ServerFull { retry_after_secs }
-            | Self::UserConnectionLimit { retry_after_secs } => Some(*retry_after_secs),
+            | Self::UserConnectionLimit {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
             _ => None,
         }
     }
+}
+
+/// Maximum number of bytes of a request value that an [`Excerpt`] keeps.
+pub const EXCERPT_MAX_BYTES: usize = 100;
+
+/// The first [`EXCERPT_MAX_BYTES`] bytes of a request value, for quoting it in an error text
+/// without allocating. `Display` writes printable ASCII as is, `\\` for a backslash, `\xNN`
+/// for every other byte (control bytes and non-ASCII), and `...` after a truncated value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Excerpt {
+    bytes: [u8; EXCERPT_MAX_BYTES],
+    /// INVARIANT: `len <= EXCERPT_MAX_BYTES`.
+    len: u8,
+    truncated: bool,
+}
+
+impl Excerpt {
+    /// Copies up to [`EXCERPT_MAX_BYTES`] bytes of `value`.
+    pub fn new(value: &[u8]) -> Self {
+        let kept = value.get(..EXCERPT_MAX_BYTES).unwrap_or(value);
+        let mut bytes = [0; EXCERPT_MAX_BYTES];
+        if let Some(slot) = bytes.get_mut(..kept.len()) {
+            slot.copy_from_slice(kept);
+        }
+        Self {
+            bytes,
+            len: u8::try_from(kept.len()).unwrap_or(u8::MAX),
+            truncated: value.len() > kept.len(),
+        }
+    }
+
+    /// Returns the bytes kept, at most [`EXCERPT_MAX_BYTES`].
+    pub fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for &byte in self.as_bytes() {
+            match byte {
+                b'\\' => f.write_str("\\\\")?,
+                b' '..=b'~' => f.write_char(char::from(byte))?,
+                _ => write!(f, "\\x{byte:02x}")?,
+            }
+        }
+        if self.truncated {
+            f.write_str("...")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Excerpt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+/// Builds the missing-token text, which lists the enabled token sources in the order
+/// `check_request` reads them.
+fn missing_token_text(cfg: &HandshakeConfig) -> String {
+    let mut sources = Vec::with_capacity(4);
+    if cfg.bearer_header {
+        sources.push("`Authorization: Bearer <token>`".to_owned());
+    }
+    if let Some(marker) = &cfg.protocol_marker {
+        sources.push(format!("`Sec-WebSocket-Protocol: {marker}, <token>`"));
+    }
+    if let Some(name) = &cfg.query_param {
+        sources.push(format!("the `{name}` query parameter"));
+    }
+    if let Some(name) = &cfg.cookie {
+        sources.push(format!("the `{name}` cookie"));
+    }
+
+    let Some((last, first)) = sources.split_last() else {
+        return "no access token, and the server has every token source disabled".to_owned();
+    };
+    if first.is_empty() {
+        return format!("no access token: send {last}");
+    }
+    format!("no access token: send {} or {last}", first.join(", "))
 }
 
 /// Returns the reason phrase of each status that [`RejectReason::status`] can return
@@ -194,6 +314,7 @@ mod tests {
             ),
             (
                 RejectReason::UserConnectionLimit {
+                    max: 32,
                     retry_after_secs: 4,
                 },
                 429,
@@ -217,9 +338,106 @@ mod tests {
 
     #[test]
     fn invalid_token_display_is_the_auth_error_text() {
-        let reason = RejectReason::from(AuthError::Expired);
-        assert_eq!(reason.to_string(), "token has expired");
+        let reason = RejectReason::from(AuthError::Expired { exp: Some(1) });
+        assert_eq!(
+            reason.to_string(),
+            "token expired at 1 (Unix time); get a new token"
+        );
         assert_eq!(reason.status(), 401);
+    }
+
+    #[test]
+    fn explain_missing_token_lists_enabled_sources() {
+        let all = HandshakeConfig {
+            query_param: Some("access_token".to_owned()),
+            protocol_marker: Some("framegate.jwt".to_owned()),
+            cookie: Some("framegate_token".to_owned()),
+            ..HandshakeConfig::default()
+        };
+        assert_eq!(
+            RejectReason::MissingToken.explain(&all),
+            "no access token: send `Authorization: Bearer <token>`, \
+             `Sec-WebSocket-Protocol: framegate.jwt, <token>`, the `access_token` query \
+             parameter or the `framegate_token` cookie"
+        );
+
+        let bearer_only = HandshakeConfig::default();
+        assert_eq!(
+            RejectReason::MissingToken.explain(&bearer_only),
+            "no access token: send `Authorization: Bearer <token>`"
+        );
+
+        let none = HandshakeConfig {
+            bearer_header: false,
+            ..HandshakeConfig::default()
+        };
+        assert_eq!(
+            RejectReason::MissingToken.explain(&none),
+            "no access token, and the server has every token source disabled"
+        );
+    }
+
+    #[test]
+    fn explain_wrong_path_names_configured_path() {
+        let reason = RejectReason::PathNotFound {
+            path: Excerpt::new(b"/x\x1b"),
+        };
+        assert_eq!(reason.to_string(), "no WebSocket endpoint at /x\\x1b");
+        assert_eq!(
+            reason.explain(&HandshakeConfig::default()),
+            "no WebSocket endpoint at /x\\x1b; connect to /ws"
+        );
+    }
+
+    #[test]
+    fn user_limit_text_names_the_limit() {
+        let reason = RejectReason::UserConnectionLimit {
+            max: 32,
+            retry_after_secs: 5,
+        };
+        assert_eq!(
+            reason.to_string(),
+            "user already has 32 open connections (max_connections_per_user); close one or \
+             retry after 5 s"
+        );
+    }
+
+    #[test]
+    fn excerpt_escapes_and_truncates() {
+        assert_eq!(
+            Excerpt::new(b"https://a.example").to_string(),
+            "https://a.example"
+        );
+        assert_eq!(
+            Excerpt::new(b"a\r\nb\\c\x7f\xc3\xa9").to_string(),
+            "a\\x0d\\x0ab\\\\c\\x7f\\xc3\\xa9"
+        );
+        let long = [b'x'; 150];
+        let excerpt = Excerpt::new(&long);
+        assert_eq!(excerpt.as_bytes().len(), EXCERPT_MAX_BYTES);
+        assert_eq!(excerpt.to_string(), format!("{}...", "x".repeat(100)));
+        assert_eq!(Excerpt::new(&long[..100]).to_string(), "x".repeat(100));
+    }
+
+    #[test]
+    fn origin_texts_name_the_problem() {
+        let origin = Excerpt::new(b"https://evil.example\n");
+        assert_eq!(
+            RejectReason::OriginNotAllowed { origin }.to_string(),
+            "origin https://evil.example\\x0a is not in allowed_origins, so it may not connect"
+        );
+        assert!(
+            RejectReason::MissingOrigin
+                .to_string()
+                .starts_with("request has no Origin header; allowed_origins is set, so ")
+        );
+        for reason in [
+            RejectReason::MissingOrigin,
+            RejectReason::DuplicateOrigin,
+            RejectReason::OriginNotAllowed { origin },
+        ] {
+            assert_eq!(reason.status(), 403, "{reason:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+use crate::handshake::HandshakeConfig;
 use crate::handshake::key::accept_key;
 use crate::handshake::reject::{RejectReason, reason_phrase};
 use crate::http::{TCHAR, is};
@@ -48,8 +49,20 @@ pub fn write_switching_protocols(key: &str, protocol: Option<&str>, out: &mut Ve
 // TODO: add the `Date` field that RFC 9110 §6.6.1 requires in 4xx responses from a server
 // with a clock, which needs the caller to pass in the time.
 pub fn write_reject(reason: &RejectReason, out: &mut Vec<u8>) {
+    write_reject_with_body(reason, &reason.to_string(), out);
+}
+
+/// Appends the rejection response of [`write_reject`], with the body text of
+/// [`RejectReason::explain`], which names the fix that `cfg` allows (such as the enabled
+/// token sources).
+pub fn write_reject_for(reason: &RejectReason, cfg: &HandshakeConfig, out: &mut Vec<u8>) {
+    write_reject_with_body(reason, &reason.explain(cfg), out);
+}
+
+/// Appends the rejection response for `reason` with `text` and a line feed as the body.
+fn write_reject_with_body(reason: &RejectReason, text: &str, out: &mut Vec<u8>) {
     let status = reason.status();
-    let body = format!("{reason}\n");
+    let body = format!("{text}\n");
 
     out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(out, status.into());
@@ -106,6 +119,7 @@ fn push_decimal(out: &mut Vec<u8>, value: u64) {
 mod tests {
     use super::*;
     use crate::auth::AuthError;
+    use crate::handshake::Excerpt;
     use crate::http::{ParseError, list_contains_ignore_case};
 
     /// A parsed response: status code, header fields and body.
@@ -219,8 +233,16 @@ mod tests {
                 431,
             ),
             (RejectReason::MissingToken, 401),
-            (RejectReason::InvalidToken(AuthError::Expired), 401),
-            (RejectReason::PathNotFound, 404),
+            (
+                RejectReason::InvalidToken(AuthError::Expired { exp: Some(1) }),
+                401,
+            ),
+            (
+                RejectReason::PathNotFound {
+                    path: Excerpt::new(b"/x"),
+                },
+                404,
+            ),
             (RejectReason::MethodNotAllowed, 405),
             (RejectReason::HandshakeTimeout, 408),
             (RejectReason::UnsupportedWebSocketVersion, 426),
@@ -232,6 +254,7 @@ mod tests {
             ),
             (
                 RejectReason::UserConnectionLimit {
+                    max: 1,
                     retry_after_secs: 60,
                 },
                 429,
@@ -308,9 +331,11 @@ mod tests {
         });
         assert!(has(&full, "Retry-After", "4294967295"));
         assert!(
-            !fields(RejectReason::PathNotFound)
-                .iter()
-                .any(|(n, _)| n == "Retry-After")
+            !fields(RejectReason::PathNotFound {
+                path: Excerpt::new(b"/x")
+            })
+            .iter()
+            .any(|(n, _)| n == "Retry-After")
         );
     }
 
@@ -322,6 +347,23 @@ mod tests {
             &mut out,
         );
         assert!(out.ends_with(b"\r\n\r\ntoken signature is invalid\n"));
+    }
+
+    #[test]
+    fn reject_for_missing_token_names_sources() {
+        let cfg = HandshakeConfig {
+            query_param: Some("access_token".to_owned()),
+            ..HandshakeConfig::default()
+        };
+        let mut out = Vec::new();
+        write_reject_for(&RejectReason::MissingToken, &cfg, &mut out);
+        let response = parse_response(&out);
+        assert_eq!(response.status, 401);
+        assert_eq!(
+            response.body,
+            b"no access token: send `Authorization: Bearer <token>` or the `access_token` \
+              query parameter\n"
+        );
     }
 
     #[test]

@@ -12,6 +12,9 @@
 //!
 //! A source that is present but unusable is an invalid token, not a missing one: the
 //! client sent credentials, so falling through to a weaker source would hide the mistake.
+//! The exception is an `Authorization` field with another scheme, such as `Basic`: it is
+//! not a token source and counts as absent, because browsers resend cached Basic
+//! credentials on same-origin upgrade requests.
 //! Every token must be a `b64token` (RFC 6750 §2.1), which covers JWTs. This module only
 //! finds the token; verifying it is the job of `crate::auth`.
 
@@ -95,9 +98,9 @@ pub(crate) struct Present {
 /// # Errors
 ///
 /// Returns [`RejectReason::InvalidToken`] with [`AuthError::Malformed`] when the first
-/// present source is unusable. That is an `Authorization` scheme other than Bearer, an empty
-/// token, a token with characters outside `b64token`, a repeated `Authorization` field or
-/// query parameter, or a marker with no element after it.
+/// present source is unusable. That is a malformed Bearer credential, an empty token, a
+/// token with characters outside `b64token`, a repeated `Authorization` field or query
+/// parameter, or a marker with no element after it.
 pub(crate) fn extract_token<'b>(
     headers: &[Header<'b>],
     query: &'b str,
@@ -131,7 +134,9 @@ pub(crate) fn extract_token<'b>(
 }
 
 /// Reads `Authorization: Bearer <b64token>`. The scheme is case-insensitive (RFC 9110
-/// §11.1) and is followed by one or more spaces (RFC 6750 §2.1).
+/// §11.1) and is followed by one or more spaces (RFC 6750 §2.1). Another scheme, such as
+/// `Basic`, returns `Ok(None)`. A value that starts with `Bearer` but has no space after it
+/// is a malformed Bearer credential, not another scheme.
 fn bearer<'b>(headers: &[Header<'b>]) -> Result<Option<&'b str>, AuthError> {
     let mut values = headers
         .iter()
@@ -144,16 +149,22 @@ fn bearer<'b>(headers: &[Header<'b>]) -> Result<Option<&'b str>, AuthError> {
         return Err(AuthError::Malformed);
     }
 
-    let Some(space) = value.iter().position(|&byte| byte == b' ') else {
+    let Some(after_scheme) = value
+        .get(..BEARER.len())
+        .filter(|scheme| scheme.eq_ignore_ascii_case(BEARER))
+        .and_then(|_| value.get(BEARER.len()..))
+    else {
+        return Ok(None);
+    };
+    let Some(rest) = after_scheme.strip_prefix(b" ") else {
         return Err(AuthError::Malformed);
     };
-    let (scheme, rest) = value.split_at(space);
-    if !scheme.eq_ignore_ascii_case(b"bearer") {
-        return Err(AuthError::Malformed);
-    }
     let credentials = trim_ows(rest);
     b64token(credentials).map(Some).ok_or(AuthError::Malformed)
 }
+
+/// The Bearer authentication scheme name (RFC 6750 §2.1), compared case-insensitively.
+const BEARER: &[u8] = b"bearer";
 
 /// Reads the query parameter `name` from `query` (the target after `?`). Names are compared
 /// exactly and nothing is percent-decoded, so a token that needs encoding is rejected by
@@ -284,7 +295,10 @@ mod tests {
             (b"Bearer abc.def", Ok(Some("abc.def"))),
             (b"bearer abc", Ok(Some("abc"))),
             (b"BEARER   abc", Ok(Some("abc"))),
-            (b"Basic dXNlcjpwYXNz", Err(AuthError::Malformed)),
+            (b"Basic dXNlcjpwYXNz", Ok(None)),
+            (b"Digest username=\"a\"", Ok(None)),
+            (b"Negotiate", Ok(None)),
+            (b"", Ok(None)),
             (b"Bearer", Err(AuthError::Malformed)),
             (b"Bearer ", Err(AuthError::Malformed)),
             (b"Bearer a b", Err(AuthError::Malformed)),

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 use super::{AdminOp, AdminReply, AdminRequest, ConnState, Shared, WorkerMsg};
@@ -199,6 +200,11 @@ impl Reply {
     fn error(status: u16, message: &str) -> Self {
         Self::json(status, serde_json::json!({ "error": message }).to_string())
     }
+
+    fn with_header(mut self, line: &'static str) -> Self {
+        self.extra_header = Some(line);
+        self
+    }
 }
 
 fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
@@ -207,7 +213,7 @@ fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
     }
     let known = matches!(head.path.as_str(), "/healthz" | "/readyz" | "/metrics");
     if known && head.method != "GET" {
-        return Reply::text(405, "only GET is supported\n");
+        return Reply::text(405, "only GET is supported\n").with_header("Allow: GET");
     }
     match head.path.as_str() {
         "/healthz" => Reply::text(200, "ok\n"),
@@ -229,9 +235,12 @@ const WORKER_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `POST /v1/push` body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PushBody {
+struct PushBody<'a> {
     users: Vec<String>,
-    message: serde_json::Value,
+    /// Borrowed unparsed, so the frame carries the bytes of the value as received: key
+    /// order, duplicate keys and number precision are kept.
+    #[serde(borrow)]
+    message: &'a RawValue,
 }
 
 /// `POST /v1/disconnect` body.
@@ -252,9 +261,12 @@ const DEFAULT_DISCONNECT_CODE: u16 = 4000;
 /// Routes `/v1/...`: off (404) without a key, 401 without the right bearer key.
 fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
     let Some(key) = &shared.push_key else {
+        let variable = &shared.config.push_api_key_env;
         return Reply::error(
             404,
-            "not found: the push API is off because its key variable is unset",
+            &format!(
+                "not found: the push API is off because {variable} (push_api_key_env) is unset or empty; set it to enable the API"
+            ),
         );
     };
     if !bearer_matches(head.authorization.as_deref(), key.as_bytes()) {
@@ -264,8 +276,8 @@ fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
     }
     let path = head.path.as_str();
     if let Some(id) = path.strip_prefix("/v1/connections/") {
-        let Ok(id) = id.parse::<u64>() else {
-            return Reply::error(404, "unknown connection id");
+        let Some(id) = parse_conn_id(id) else {
+            return Reply::error(400, "connection id must be a decimal integer");
         };
         return match head.method.as_str() {
             "POST" => push_connection(shared, id, body),
@@ -273,18 +285,29 @@ fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
             _ => Reply::error(
                 405,
                 "use POST to send to a connection or DELETE to close it",
-            ),
+            )
+            .with_header("Allow: POST, DELETE"),
         };
     }
     match (head.method.as_str(), path) {
         ("POST", "/v1/push") => push_users(shared, body),
         ("POST", "/v1/disconnect") => disconnect(shared, body),
-        (_, "/v1/push" | "/v1/disconnect") => Reply::error(405, "use POST"),
+        (_, "/v1/push" | "/v1/disconnect") => {
+            Reply::error(405, "use POST").with_header("Allow: POST")
+        }
         _ => Reply::error(
             404,
             "not found; try /v1/push, /v1/connections/{id} or /v1/disconnect",
         ),
     }
+}
+
+/// Parses a connection id: decimal digits only, so no sign, and at most `u64::MAX`.
+fn parse_conn_id(text: &str) -> Option<u64> {
+    if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Compares the bearer token with `key` in time independent of where they differ.
@@ -308,13 +331,11 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
         Err(err) => {
             return Reply::error(
                 400,
-                &format!(
-                    "invalid push body: {err}; expected {{\"users\":[...],\"message\":{{...}}}}"
-                ),
+                &format!("body must be JSON {{\"users\": [...], \"message\": ...}}: {err}"),
             );
         }
     };
-    let frame = super::worker::text_frame(request.message.to_string().as_bytes());
+    let frame = super::worker::text_frame(request.message.get().as_bytes());
     let ops = group_users(shared, request.users)
         .into_iter()
         .enumerate()
@@ -332,19 +353,19 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
 }
 
 fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
-    let message: serde_json::Value = match serde_json::from_slice(body) {
+    let message: &RawValue = match serde_json::from_slice(body) {
         Ok(message) => message,
         Err(err) => {
             return Reply::error(
                 400,
-                &format!("invalid message body: {err}; expected one JSON value"),
+                &format!("body must be one JSON value, the message to send: {err}"),
             );
         }
     };
     let Some(owner) = super::conn_id_owner(id, shared.inboxes.len()) else {
         return Reply::error(404, "unknown connection id");
     };
-    let frame = super::worker::text_frame(message.to_string().as_bytes());
+    let frame = super::worker::text_frame(message.get().as_bytes());
     let op = AdminOp::PushConns {
         conns: vec![id],
         frame,
@@ -380,7 +401,7 @@ fn disconnect(shared: &Shared, body: &[u8]) -> Reply {
             return Reply::error(
                 400,
                 &format!(
-                    "invalid disconnect body: {err}; expected {{\"connection_ids\":[...]}} or {{\"users\":[...]}}"
+                    "body must be JSON {{\"connection_ids\": [...]}} or {{\"users\": [...]}}, with optional \"code\" and \"reason\": {err}"
                 ),
             );
         }
@@ -593,6 +614,15 @@ mod tests {
 
         assert_eq!(first_rx.try_recv().unwrap(), 0);
         assert_eq!(second_rx.try_recv().unwrap(), 1);
+    }
+
+    #[test]
+    fn parse_conn_id_takes_decimal_digits_only() {
+        assert_eq!(parse_conn_id("7"), Some(7));
+        assert_eq!(parse_conn_id("18446744073709551615"), Some(u64::MAX));
+        for text in ["", "abc", "+7", "-7", " 7", "0x7", "18446744073709551616"] {
+            assert_eq!(parse_conn_id(text), None, "{text:?}");
+        }
     }
 
     #[test]

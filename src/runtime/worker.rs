@@ -664,7 +664,7 @@ impl Worker {
         metrics.upgrade(reason.status());
         metrics.handshake_duration.observe(accepted_at.elapsed());
         let mut response = Vec::with_capacity(256);
-        handshake::write_reject(reason, &mut response);
+        handshake::write_reject_for(reason, &self.shared.handshake, &mut response);
         let (_result, _) = stream.write_all(response).await;
         let _ = stream.shutdown(std::net::Shutdown::Both);
     }
@@ -786,6 +786,7 @@ impl Worker {
             tracing::debug!(conn = conn_id, %peer, user = %user, "per-user connection cap reached");
             self.shared.release_connection();
             let reason = RejectReason::UserConnectionLimit {
+                max: u32::try_from(cap).unwrap_or(u32::MAX),
                 retry_after_secs: 5,
             };
             self.reject(&stream, &reason, accepted_at).await;

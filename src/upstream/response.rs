@@ -6,6 +6,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Most response header fields read.
 const MAX_HEADERS: usize = 64;
@@ -177,19 +178,24 @@ pub enum Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub target: Target,
+    /// The `message` value exactly as written in the line, without the whitespace around it.
     pub message: String,
 }
 
 #[derive(Deserialize)]
-struct DeliveryLine {
+struct DeliveryLine<'a> {
     to: Option<String>,
     connection_id: Option<u64>,
-    message: serde_json::Value,
+    /// Borrowed unparsed, so key order, duplicate keys and number precision reach the client
+    /// as the application server wrote them.
+    #[serde(borrow)]
+    message: &'a RawValue,
 }
 
 /// Parses NDJSON delivery lines: `{"to":"<user>","message":{...}}` or
-/// `{"connection_id":N,"message":{...}}`. Blank lines are skipped. Returns the deliveries
-/// and the number of lines that are neither form.
+/// `{"connection_id":N,"message":{...}}`. Blank lines are skipped. Each message is kept as
+/// the bytes of its JSON value, not re-serialized. Returns the deliveries and the number of
+/// lines that are neither form.
 pub fn parse_deliveries(body: &[u8]) -> (Vec<Delivery>, usize) {
     let mut deliveries = Vec::new();
     let mut invalid = 0;
@@ -212,7 +218,7 @@ pub fn parse_deliveries(body: &[u8]) -> (Vec<Delivery>, usize) {
         };
         deliveries.push(Delivery {
             target,
-            message: parsed.message.to_string(),
+            message: parsed.message.get().to_owned(),
         });
     }
     (deliveries, invalid)
@@ -305,5 +311,18 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn deliveries_keep_message_bytes_as_sent() {
+        let message = r#"{"z":1,"a":12345678901234567890123,"a":"dup","s":"caf\u00e9"}"#;
+        let body = format!(
+            "{{\"to\":\"bob\",\"message\": {message} }}\n{{\"connection_id\":7,\"message\":\"hi\"}}"
+        );
+        let (deliveries, invalid) = parse_deliveries(body.as_bytes());
+        assert_eq!(invalid, 0);
+        assert_eq!(deliveries.len(), 2);
+        assert_eq!(deliveries[0].message, message);
+        assert_eq!(deliveries[1].message, "\"hi\"");
     }
 }
