@@ -169,18 +169,8 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(config = %config.to_string().replace('\n', "; "), "starting framegate");
-    let admin_listen = config.admin_listen;
-    let listen = config.listen;
     let server = match framegate::runtime::start(config, verifier) {
         Ok(server) => server,
-        Err(framegate::runtime::RunError::Bind { addr, source })
-            if Some(addr) == admin_listen && addr != listen =>
-        {
-            eprintln!(
-                "error: cannot bind the admin listener on {addr}: {source}; pick a free port with --admin-listen (config key admin_listen, \"\" disables it) or stop the other process"
-            );
-            return ExitCode::from(1);
-        }
         Err(err) => {
             eprintln!("error: {err}");
             return ExitCode::from(1);

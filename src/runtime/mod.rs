@@ -49,6 +49,13 @@ pub enum RunError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot bind the admin listener on {addr}: {source}; pick a free port with --admin-listen (config key admin_listen, \"\" disables it) or stop the other process"
+    )]
+    AdminBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     IoUring(String),
     #[error("invalid shard count: {0}")]
@@ -496,7 +503,8 @@ pub fn start(config: Config, verifier: Verifier) -> Result<Server, RunError> {
     // Bind the admin port first, so a clash stops the start before the public port opens.
     let admin_listener = match config.admin_listen {
         Some(addr) => Some(
-            std::net::TcpListener::bind(addr).map_err(|source| RunError::Bind { addr, source })?,
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| RunError::AdminBind { addr, source })?,
         ),
         None => None,
     };
