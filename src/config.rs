@@ -424,6 +424,16 @@ impl Config {
             1 << 30,
             "4096 to 1073741824 bytes",
         )?;
+        // An echoed or relayed message of max_message_bytes must fit in the outbound queue
+        // with its frame header and the relay's added `from`, or its sender is closed as a
+        // slow consumer.
+        if file.max_outbound_bytes < file.max_message_bytes.saturating_add(OUTBOUND_HEADROOM) {
+            return Err(ConfigError::Range {
+                key: "max_outbound_bytes",
+                value: file.max_outbound_bytes.to_string(),
+                allowed: "at least max_message_bytes + 16384 bytes, so that one echoed or relayed message fits; raise max_outbound_bytes or lower max_message_bytes",
+            });
+        }
         check_range(
             "read_buffer_bytes",
             file.read_buffer_bytes,
@@ -969,6 +979,11 @@ fn check_origin(entry: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Room in the outbound queue beyond one maximum-size message: its frame header and the
+/// relay's added `from` member (the user id comes from a token, which fits in the request
+/// head).
+const OUTBOUND_HEADROOM: usize = 16 * 1024;
+
 fn check_range(
     key: &'static str,
     value: usize,
@@ -1033,6 +1048,15 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(text, std::path::Path::new("test.toml"))
+    }
+
+    #[test]
+    fn outbound_smaller_than_message_is_rejected() {
+        let error = parse("max_message_bytes = 2097152\n").expect_err("1 MiB outbound");
+        let text = error.to_string();
+        assert!(text.contains("max_outbound_bytes"), "{text}");
+        assert!(text.contains("max_message_bytes + 16384"), "{text}");
+        assert!(parse("max_message_bytes = 2097152\nmax_outbound_bytes = 2113536\n").is_ok());
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn raw_echo_server() -> SocketAddr {
     server(
         "raw echo",
         "backend = \"echo\"\njson = false\nmax_message_bytes = 2097152\nrate_per_sec = 0\n\
-         upgrade_rate_per_ip = 0\n",
+         upgrade_rate_per_ip = 0\nmax_outbound_bytes = 4194304\n",
     )
 }
 
@@ -82,7 +82,7 @@ fn json_echo_server() -> SocketAddr {
     server(
         "json echo",
         "backend = \"echo\"\nmax_message_bytes = 2097152\nrate_per_sec = 0\n\
-         max_violations = 1000\nupgrade_rate_per_ip = 0\n",
+         max_violations = 1000\nupgrade_rate_per_ip = 0\nmax_outbound_bytes = 4194304\n",
     )
 }
 

@@ -262,3 +262,38 @@ fn busy_admin_port_names_admin_listen_flag() {
     assert!(stderr.contains("--admin-listen"), "{stderr}");
     assert!(!stderr.contains("--listen "), "{stderr}");
 }
+
+#[test]
+fn peer_fin_during_blocked_write_ends_connection() {
+    let server = start_server(config(
+        1,
+        "backend = \"echo\"\njson = false\nrate_per_sec = 0\nmax_message_bytes = 1048576\n\
+         max_outbound_bytes = 4194304\nclose_timeout_ms = 500\n",
+    ));
+    let mut client = open(server.local_addr(), "half-closer");
+    // Echo requests that the client never reads: the server's write blocks once the socket
+    // buffers are full.
+    let frame = client_frame(true, 0x2, &vec![7u8; 900_000]);
+    client
+        .stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    for _ in 0..6 {
+        if std::io::Write::write_all(&mut client.stream, &frame).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // FIN without a close frame, and the socket stays open without reading.
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let shut_at = Instant::now();
+    eventually("the server to end the connection", || {
+        server.metrics().connections_open.iter().sum::<i64>() == 0
+    });
+    assert!(
+        shut_at.elapsed() < Duration::from_millis(500 + 1_500),
+        "the connection outlived its peer by {:?}",
+        shut_at.elapsed()
+    );
+    drop(client);
+}

@@ -352,3 +352,28 @@ fn next_payload(client: &mut RawClient) -> String {
         }
     }
 }
+
+#[test]
+fn push_above_max_outbound_bytes_gets_413() {
+    set_key();
+    let started = start_full(config(
+        1,
+        &format!("push_api_key_env = {KEY_VAR:?}\nrate_per_sec = 0\nmax_outbound_bytes = 65536\n"),
+    ));
+    let admin = started.admin.expect("admin listener");
+    let mut client = open(started.addr, "gail");
+    // The frame of a 65,602-byte message is above max_outbound_bytes.
+    let message = format!("\"{}\"", "x".repeat(65_600));
+    let (status, reply) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), &message);
+    assert_eq!(status, 413, "{reply}");
+    assert!(reply.contains("max_outbound_bytes"), "{reply}");
+
+    let body = format!(r#"{{"users":["gail"],"message":{message}}}"#);
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), &body);
+    assert_eq!(status, 413, "{reply}");
+
+    // The connection is still open and takes the next message.
+    let (status, reply) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), "{}");
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_payload(&mut client), "{}");
+}

@@ -111,7 +111,8 @@ async fn relay_requires_to_field() {
 async fn echo_backend_with_tungstenite_client() {
     let addr = start(config(
         2,
-        "backend = \"echo\"\njson = false\nmax_message_bytes = 1048576\nrate_per_sec = 0\n",
+        "backend = \"echo\"\njson = false\nmax_message_bytes = 1048576\nrate_per_sec = 0\n\
+         max_outbound_bytes = 2097152\n",
     ));
     let mut client = connect_user(addr, "echoer").await;
     for size in [0usize, 1, 125, 126, 65_535, 65_536, 1_000_000] {

@@ -336,6 +336,9 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
         }
     };
     let frame = super::worker::text_frame(request.message.get().as_bytes());
+    if let Err(reply) = check_frame_size(shared, &frame) {
+        return reply;
+    }
     let ops = group_users(shared, request.users)
         .into_iter()
         .enumerate()
@@ -352,6 +355,22 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
     counts_reply(202, &reply, "none of the users has an open connection")
 }
 
+/// Rejects a message whose frame no connection can queue: one frame above
+/// `max_outbound_bytes` would close the recipient as a slow consumer.
+fn check_frame_size(shared: &Shared, frame: &[u8]) -> Result<(), Reply> {
+    let max = shared.config.max_outbound_bytes;
+    if frame.len() <= max {
+        return Ok(());
+    }
+    Err(Reply::error(
+        413,
+        &format!(
+            "the message makes a {} byte frame, above max_outbound_bytes ({max}); send a smaller message or raise the limit",
+            frame.len()
+        ),
+    ))
+}
+
 fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
     let message: &RawValue = match serde_json::from_slice(body) {
         Ok(message) => message,
@@ -366,6 +385,9 @@ fn push_connection(shared: &Shared, id: u64, body: &[u8]) -> Reply {
         return Reply::error(404, "unknown connection id");
     };
     let frame = super::worker::text_frame(message.get().as_bytes());
+    if let Err(reply) = check_frame_size(shared, &frame) {
+        return reply;
+    }
     let op = AdminOp::PushConns {
         conns: vec![id],
         frame,

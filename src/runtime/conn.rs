@@ -407,17 +407,13 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
         match result {
             Ok(0) => {
                 // Peer closed TCP without a close frame (status 1006 on its side).
-                handle.dead.set(true);
-                handle.writer_wake.notify_one();
-                handle.writer_finished().await;
+                end_after_peer_left(handle, &shared.config).await;
                 return;
             }
             Ok(_) => {}
             Err(err) => {
                 tracing::debug!(conn = handle.id, error = %err, "read failed");
-                handle.dead.set(true);
-                handle.writer_wake.notify_one();
-                handle.writer_finished().await;
+                end_after_peer_left(handle, &shared.config).await;
                 return;
             }
         }
@@ -428,6 +424,19 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
     handle.dead.set(true);
     handle.writer_wake.notify_one();
     handle.writer_finished().await;
+}
+
+/// Ends a connection whose peer sent FIN or whose socket failed. A writer blocked on a peer
+/// that no longer reads gets `close_timeout` to finish; then the socket is shut down, which
+/// fails its write, so the connection never outlives its peer by more than that.
+async fn end_after_peer_left(handle: &ConnHandle, config: &crate::config::Config) {
+    handle.dead.set(true);
+    handle.writer_wake.notify_one();
+    let finished = tokio::time::timeout(config.close_timeout, handle.writer_finished()).await;
+    if finished.is_err() {
+        let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+        handle.writer_finished().await;
+    }
 }
 
 /// Adds a session's counts to the worker's metrics.

@@ -1225,8 +1225,22 @@ impl Worker {
                 "ignored invalid delivery lines in an application response"
             );
         }
+        let max_outbound = self.shared.config.max_outbound_bytes;
         for delivery in deliveries {
             let frame = text_frame(delivery.message.as_bytes());
+            if frame.len() > max_outbound {
+                // Queuing it would close the recipient as a slow consumer.
+                if let Some(suppressed) = self.warn_gate() {
+                    tracing::warn!(
+                        worker = self.index,
+                        frame_bytes = frame.len(),
+                        max_outbound_bytes = max_outbound,
+                        suppressed,
+                        "ignored a delivery larger than max_outbound_bytes; raise the limit or send smaller messages"
+                    );
+                }
+                continue;
+            }
             match delivery.target {
                 Target::User(user) => {
                     self.deliver_user(user, frame);
