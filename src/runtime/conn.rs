@@ -336,8 +336,8 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             }
         }
         let now = Instant::now();
+        let mut dispatched_count = 0u64;
         while !buf.is_empty() && !closing {
-            let started = Instant::now();
             let flow = {
                 let mut out = handle.outbox.borrow_mut();
                 worker.with_user_bucket(&handle.user, |bucket| {
@@ -347,14 +347,9 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             let dispatched = !accepted.is_empty();
             if dispatched {
                 handle.last_message_at.set(now);
+                dispatched_count += 1;
             }
             worker.dispatch(handle, &mut accepted);
-            if dispatched {
-                worker
-                    .metrics()
-                    .message_processing
-                    .observe(started.elapsed());
-            }
             if let Flow::Close { code, .. } = flow {
                 handle.close_code.set(Some(code.0));
                 handle.close_after_flush.set(true);
@@ -365,6 +360,14 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             if !dispatched || worker.upstream_full() {
                 break;
             }
+        }
+        if dispatched_count > 0 {
+            // `now` was read when this read's processing started.
+            let each = now.elapsed() / u32::try_from(dispatched_count).unwrap_or(u32::MAX);
+            worker
+                .metrics()
+                .message_processing
+                .observe_each(each, dispatched_count);
         }
         record_tally(worker, session.take_tally());
         // One wake-up per read: everything queued above leaves in one writev.
