@@ -228,13 +228,7 @@ impl Histogram {
     /// `u64::MAX` nanoseconds (about 584 years) count as `u64::MAX`.
     #[inline]
     pub fn observe(&self, duration: Duration) {
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        // The first bound >= nanos names the bucket; "le" buckets include their bound.
-        let slot = self.bounds_nanos.partition_point(|&bound| bound < nanos);
-        if let Some(bucket) = self.buckets.get(slot) {
-            bucket.inc();
-        }
-        self.sum_nanos.add(nanos);
+        self.observe_each(duration, 1);
     }
 
     /// Records `count` observations of `each` at once, for a batch whose items were timed
@@ -242,6 +236,7 @@ impl Histogram {
     #[inline]
     pub fn observe_each(&self, each: Duration, count: u64) {
         let nanos = u64::try_from(each.as_nanos()).unwrap_or(u64::MAX);
+        // The first bound >= nanos names the bucket, because "le" buckets include their bound.
         let slot = self.bounds_nanos.partition_point(|&bound| bound < nanos);
         if let Some(bucket) = self.buckets.get(slot) {
             bucket.add(count);
