@@ -271,6 +271,7 @@ fn peer_fin_during_blocked_write_ends_connection() {
          max_outbound_bytes = 4194304\nclose_timeout_ms = 500\n",
     ));
     let mut client = open(server.local_addr(), "half-closer");
+
     // Echo requests that the client never reads: the server's write blocks once the socket
     // buffers are full.
     let frame = client_frame(true, 0x2, &vec![7u8; 900_000]);
@@ -284,9 +285,11 @@ fn peer_fin_during_blocked_write_ends_connection() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+
     // FIN without a close frame, and the socket stays open without reading.
     client.stream.shutdown(std::net::Shutdown::Write).unwrap();
     let shut_at = Instant::now();
+
     eventually("the server to end the connection", || {
         server.metrics().connections_open.iter().sum::<i64>() == 0
     });

@@ -513,7 +513,7 @@ async fn http_backend_app_restart_answers_every_message() {
     assert!(unavailable > 0, "the kill made some messages fail");
 }
 
-/// Connects `user`, sends messages `0..count` one at a time and returns each answer: `ack` or
+/// Connects `user`, sends messages `0..count` one at a time and returns each reply: `ack` or
 /// the error code.
 async fn send_one_by_one(addr: SocketAddr, user: &str, count: usize) -> Vec<String> {
     let mut client = connect_user(addr, user).await;

@@ -1,6 +1,6 @@
 //! Search for the first byte that ends a run of plain JSON string content: `"`, `\` or a control
 //! byte below 0x20 (RFC 8259 §7). Every other byte, including each byte of a multi-byte UTF-8
-//! character, is string content as it stands.
+//! character, is plain string content.
 //!
 //! On x86_64 the search tests 16 bytes per step with SSE2, which every x86_64 CPU has. Elsewhere
 //! it tests 8 bytes per step in a general-purpose register (SWAR).
@@ -76,7 +76,7 @@ mod sse2 {
             return 0;
         }
         // SAFETY: SSE2 is part of the x86_64 baseline, so these instructions exist on every CPU
-        // this code can run on. `chunk` holds at least 16 readable bytes (checked above), and
+        // this code can run on. `chunk` has at least 16 readable bytes (checked above), and
         // `_mm_loadu_si128` has no alignment requirement.
         let bits = unsafe {
             let bytes = _mm_loadu_si128(chunk.as_ptr().cast());

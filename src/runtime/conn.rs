@@ -430,8 +430,8 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
 }
 
 /// Ends a connection whose peer sent FIN or whose socket failed. A writer blocked on a peer
-/// that no longer reads gets `close_timeout` to finish; then the socket is shut down, which
-/// fails its write, so the connection never outlives its peer by more than that.
+/// that no longer reads gets `close_timeout` to finish. After that the socket is shut down,
+/// which fails the write, so the connection outlives its peer by at most `close_timeout`.
 async fn end_after_peer_left(handle: &ConnHandle, config: &crate::config::Config) {
     handle.dead.set(true);
     handle.writer_wake.notify_one();

@@ -171,7 +171,7 @@ impl ConnIds {
     /// Issues an id for an anonymous connection, whose user id `anon-<id>` must be owned
     /// (by the shard ring) by the worker the id names. Tries each worker's next id, starting
     /// at `first`; when none fits, it skips one id of `first` and tries again. A skipped id
-    /// counts as issued, so the push API answers 410 for it. Returns the id and user id, or
+    /// counts as issued, so the push API returns 410 for it. Returns the id and user id, or
     /// `None` when no id fits after [`ANONYMOUS_ID_PASSES`] passes.
     pub(crate) fn issue_anonymous(&self, ring: &Ring, first: usize) -> Option<(u64, String)> {
         let workers = self.last.len();
@@ -328,7 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn conn_ids_anonymous_user_is_owned_by_id_worker() {
+    fn conn_ids_anonymous_user_matches_owner() {
         let workers = 4;
         let ring = Ring::new(workers).unwrap();
         let ids = ConnIds::new(workers);

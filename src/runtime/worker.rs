@@ -723,9 +723,9 @@ impl Worker {
         let config = &self.shared.config;
         let started = tokio::time::Instant::now();
         let deadline = started + config.drain_timeout;
-        // Every accepted message gets its answer before its connection's close frame. The
-        // pending messages get at most half the drain time, so the answers and the close
-        // frames still have the other half to reach the clients.
+        // Every accepted message gets its acknowledgement or error frame before its
+        // connection's close frame. The pending messages get at most half the drain time, so
+        // those frames and the close frames still have the other half to reach the clients.
         self.drain_upstream(started + config.drain_timeout / 2)
             .await;
 
@@ -1082,9 +1082,9 @@ impl Worker {
     }
 
     /// Stops taking messages for the application servers and waits until every pending one
-    /// is acknowledged or answered, or `deadline` passes. Then every message still queued or
-    /// in flight gets `upstream_unavailable`, so none is left without an answer when the
-    /// connections close.
+    /// is acknowledged or rejected with an error frame, or `deadline` passes. Then every
+    /// message still queued or in flight gets `upstream_unavailable`, so none is left without
+    /// a response when the connections close.
     async fn drain_upstream(&self, deadline: tokio::time::Instant) {
         let Some(forwarder) = &self.forwarder else {
             return;
@@ -1378,7 +1378,7 @@ async fn upstream_loop(worker: Rc<Worker>, forwarder: Rc<Forwarder>) {
         };
         *forwarder.in_flight.borrow_mut() = Some(Rc::clone(&batch));
         worker.send_batch(&mut connections, &mut pool, &batch).await;
-        // A drain that timed out has answered and released this batch already.
+        // A drain that timed out has already sent this batch's error frames and released it.
         if forwarder.in_flight.borrow_mut().take().is_none() {
             continue;
         }
