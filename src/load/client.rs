@@ -172,7 +172,7 @@ pub(super) fn run_worker(
             "cannot pin load worker to its core"
         );
     }
-    let runtime = tokio_uring::Runtime::new(tokio_uring::builder().entries(1024))
+    let runtime = crate::runtime::new_runtime(Some(1024))
         .map_err(|err| crate::runtime::explain_setup_error(&err))?;
     runtime.block_on(async move {
         let worker = Rc::new(Worker::new(index, config, &users));

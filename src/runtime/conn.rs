@@ -23,9 +23,6 @@ use crate::frame::{CloseCode, OpCode};
 /// Most iovecs passed to one `writev` (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// Smallest free space kept in the read buffer before a read.
-const MIN_READ_SPACE: usize = 512;
-
 /// Read buffer offered to a quiet connection (see [`ReadSizing`]).
 const QUIET_READ_BYTES: usize = 128;
 
@@ -83,7 +80,13 @@ impl ReadSizing {
     }
 
     /// Prepares `buf` for the next read: a fresh small buffer when quiet and empty, otherwise at
-    /// least room for the frame in progress (`wanted`) or one full read (`read_size`).
+    /// least half of the space needed for the frame in progress (`wanted`) or for one full read
+    /// (`read_size`), whichever is larger.
+    ///
+    /// The free space is kept large because a read shorter than what the peer wrote splits
+    /// the peer's batch in two. The echoes then leave in two writes, a closed-loop peer answers
+    /// each with its own write, and every later round stays split: twice the reads, writes and
+    /// TCP segments for the same messages.
     fn prepare(self, buf: &mut BytesMut, wanted: usize, read_size: usize) {
         if self.quiet() && buf.is_empty() {
             let capacity = buf.capacity();
@@ -93,7 +96,7 @@ impl ReadSizing {
             return;
         }
         let wanted = wanted.max(read_size);
-        if buf.capacity() - buf.len() < MIN_READ_SPACE.min(wanted) {
+        if buf.capacity() - buf.len() < wanted / 2 {
             buf.reserve(wanted);
         }
     }
@@ -403,6 +406,13 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
         if let Ok(n) = result
             && n > 0
         {
+            let mut n = n;
+            if n == capacity - len {
+                // The read filled its buffer, so more is probably waiting. Taking it now keeps
+                // the peer's batch whole (see `ReadSizing::prepare`).
+                buf.reserve(read_size);
+                n += super::uring::recv_waiting(&handle.stream, &mut buf);
+            }
             handle.last_read_at.set(completed);
             handle.ping_sent_at.set(None);
             worker.metrics().bytes_in.add(n as u64);
@@ -621,6 +631,29 @@ mod tests {
         sizing.prepare(&mut buf, 4096, 16 * 1024);
         assert!(buf.capacity() - buf.len() >= 16 * 1024);
         assert_eq!(&buf[..], &[0x81, 0x7E, 0x10, 0x00]);
+    }
+
+    #[test]
+    fn read_sizing_busy_keeps_half_free() {
+        let busy = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
+        // 15,680 of 16,384 bytes consumed: a read into the 704 left would split a peer's
+        // 1,120-byte batch.
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        buf.resize(15_680, 0);
+        let _ = buf.split();
+        assert_eq!(buf.capacity(), 704);
+        busy.prepare(&mut buf, 0, 16 * 1024);
+        assert!(buf.capacity() >= 8 * 1024, "capacity {}", buf.capacity());
+
+        // Half a buffer or more left: no new allocation.
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        buf.resize(4096, 0);
+        let _ = buf.split();
+        busy.prepare(&mut buf, 0, 16 * 1024);
+        assert_eq!(buf.capacity(), 12 * 1024);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::metrics::{self, Snapshot, WorkerMetrics};
 use crate::ratelimit::{Decision, TokenBucket};
 use crate::shard::Ring;
 
-pub use uring::{explain_setup_error, probe};
+pub use uring::{explain_setup_error, new_runtime, probe};
 pub(crate) use worker::{AdminOp, AdminReply, AdminRequest, ConnState, WorkerMsg};
 
 /// Error that stopped the server from starting or running.

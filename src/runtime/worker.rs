@@ -224,7 +224,7 @@ pub(crate) fn run(
             "cannot pin worker to its core"
         );
     }
-    let runtime = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+    let runtime = match super::uring::new_runtime(None) {
         Ok(runtime) => runtime,
         Err(err) => {
             let message = super::explain_setup_error(&err);
