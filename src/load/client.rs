@@ -33,6 +33,7 @@ use super::stats::Stats;
 use super::wire::{self, Body, MessageId};
 use super::{LoadModel, Progress, RunConfig, Scenario};
 use crate::frame::OpCode;
+use crate::runtime::wake::LocalNotify;
 
 /// Maximum number of messages written in one batch.
 const MAX_BATCH: usize = 256;
@@ -101,7 +102,7 @@ struct User {
     book: RefCell<Book>,
     next_seq: Cell<u64>,
     /// Woken when a response to one of this user's messages arrives.
-    answered: Notify,
+    answered: LocalNotify,
     /// Woken when `connected` or `finished` changes.
     state: Notify,
     connected: Cell<bool>,
@@ -119,7 +120,7 @@ struct Conn {
     /// Control frames queued by the reader (pongs, the close reply) for the writer.
     control: RefCell<Vec<u8>>,
     /// Wakes the writer: control frames queued, or the connection ended.
-    wake: Notify,
+    wake: LocalNotify,
     /// Set when the server's close frame arrived, with its code if it had one.
     server_close: Cell<Option<Option<u16>>>,
     close_sent: Cell<bool>,
@@ -141,6 +142,9 @@ impl Conn {
 enum Outcome {
     /// The connection ended before the deadline; open a new one.
     Reconnect,
+    /// An injected fault sent before the deadline ended the connection. Its replacement opens
+    /// even when the deadline has passed since, so every such fault costs one handshake.
+    Replace,
     /// The user is done.
     Done,
 }
@@ -291,7 +295,7 @@ fn build_user(config: &RunConfig, index: u32) -> User {
         token: RefCell::new(None),
         book: RefCell::new(Book::default()),
         next_seq: Cell::new(0),
-        answered: Notify::new(),
+        answered: LocalNotify::default(),
         state: Notify::new(),
         connected: Cell::new(false),
         finished: Cell::new(false),
@@ -427,7 +431,7 @@ async fn connect(
     let conn = Conn {
         stream,
         control: RefCell::new(Vec::new()),
-        wake: Notify::new(),
+        wake: LocalNotify::default(),
         server_close: Cell::new(None),
         close_sent: Cell::new(false),
         eof: Cell::new(false),
@@ -523,11 +527,13 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
 
     let mut pacer: Option<Pacer> = None;
     let mut backoff = FIRST_BACKOFF;
+    let mut replace = false;
     loop {
         let now = Instant::now();
-        if now >= config.deadline {
+        if now >= config.deadline && !replace {
             break;
         }
+        replace = false;
         let Ok((conn, leftover)) = connect(&worker, &user, now).await else {
             sleep_until((Instant::now() + backoff).min(config.deadline)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -546,8 +552,10 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
         user.state.notify_waiters();
         worker.open.set(worker.open.get().saturating_sub(1));
 
-        if let Outcome::Done = outcome {
-            break;
+        match outcome {
+            Outcome::Done => break,
+            Outcome::Reconnect => {}
+            Outcome::Replace => replace = true,
         }
     }
 
@@ -607,12 +615,20 @@ enum Waited {
 struct Wakers<'a> {
     /// A user's `answered`: only that user's writer may listen to it, because each
     /// notification wakes one waiter.
-    answered: Option<&'a Notify>,
+    answered: Option<&'a LocalNotify>,
     /// A user's `state`, which wakes every waiter.
     state: Option<&'a Notify>,
 }
 
 async fn notified(notify: Option<&Notify>) {
+    match notify {
+        Some(notify) => notify.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits on `notify`, or forever when there is none.
+async fn notified_local(notify: Option<&LocalNotify>) {
     match notify {
         Some(notify) => notify.notified().await,
         None => std::future::pending().await,
@@ -640,7 +656,7 @@ async fn wait_for(
             return Waited::TimedOut;
         }
         tokio::select! {
-            _ = notified(wakers.answered) => {}
+            _ = notified_local(wakers.answered) => {}
             _ = notified(wakers.state) => {}
             _ = conn.wake.notified() => {}
             _ = sleep_until(until) => {}
@@ -946,7 +962,7 @@ async fn send_oversize(
     // The fault was sent before the deadline, so the user replaces the connection even when
     // the close arrives after it: every oversize fault costs exactly one reconnect.
     if sent_at < config.deadline {
-        Outcome::Reconnect
+        Outcome::Replace
     } else {
         Outcome::Done
     }
@@ -1049,6 +1065,9 @@ async fn read_loop(
     let max_frame = worker.config.max_frame_bytes;
     let mut fragments: Option<(OpCode, Vec<u8>)> = None;
     loop {
+        // A reply's latency ends when the read that carried it completed, so one clock read
+        // covers every frame of the read.
+        let received_at = Instant::now();
         loop {
             let header = match wire::next_frame(&buf, max_frame) {
                 Ok(Some(header)) => header,
@@ -1065,15 +1084,12 @@ async fn read_loop(
             let payload_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
             let frame = buf.split_to(header.header_len + payload_len);
             let payload = frame.get(header.header_len..).unwrap_or_default();
-            let handled = on_frame(
-                &worker,
-                &user,
-                &conn,
-                header.opcode,
-                header.fin,
+            let frame = Frame {
+                opcode: header.opcode,
+                fin: header.fin,
                 payload,
-                &mut fragments,
-            );
+            };
+            let handled = on_frame(&worker, &user, &conn, received_at, frame, &mut fragments);
             if !handled {
                 worker.stats.borrow_mut().errors.protocol += 1;
                 conn.failed.set(true);
@@ -1119,19 +1135,32 @@ fn finish_reader(conn: &Conn) {
     conn.wake.notify_one();
 }
 
+/// One complete frame from the server.
+struct Frame<'a> {
+    opcode: OpCode,
+    fin: bool,
+    payload: &'a [u8],
+}
+
 /// Handles one complete frame. Returns false when the frame breaks RFC 6455 §5.4 (fragments
 /// out of order).
 fn on_frame(
     worker: &Worker,
     user: &User,
     conn: &Conn,
-    opcode: OpCode,
-    fin: bool,
-    payload: &[u8],
+    received_at: Instant,
+    frame: Frame<'_>,
     fragments: &mut Option<(OpCode, Vec<u8>)>,
 ) -> bool {
+    let Frame {
+        opcode,
+        fin,
+        payload,
+    } = frame;
     match (opcode, fin, fragments.is_some()) {
-        (OpCode::Text | OpCode::Binary, true, false) => on_message(worker, user, payload),
+        (OpCode::Text | OpCode::Binary, true, false) => {
+            on_message(worker, user, received_at, payload);
+        }
         (OpCode::Text | OpCode::Binary, false, false) => {
             *fragments = Some((opcode, payload.to_vec()));
         }
@@ -1140,7 +1169,7 @@ fn on_frame(
                 assembled.extend_from_slice(payload);
             }
             if fin && let Some((_, assembled)) = fragments.take() {
-                on_message(worker, user, &assembled);
+                on_message(worker, user, received_at, &assembled);
             }
         }
         // §5.4: a data frame inside a fragmented message, or a continuation outside one.
@@ -1195,8 +1224,7 @@ fn on_close(worker: &Worker, user: &User, conn: &Conn, code: Option<u16>) {
 }
 
 /// Matches a data message to the message that caused it and records the latency.
-fn on_message(worker: &Worker, user: &User, payload: &[u8]) {
-    let now = Instant::now();
+fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
     {
         let mut stats = worker.stats.borrow_mut();
         stats.messages_received += 1;

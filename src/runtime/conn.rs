@@ -11,8 +11,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
+use super::wake::LocalNotify;
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
@@ -110,12 +110,12 @@ pub(crate) struct ConnHandle {
     outbox: RefCell<Outbox>,
     /// Wakes the writer task, while one runs, when the outbox gains bytes or the connection
     /// ends.
-    writer_wake: Notify,
+    writer_wake: LocalNotify,
     /// Whether a writer task runs. One starts when bytes are queued and ends once the outbox
     /// is empty and the connection is quiet, so an idle connection has no writer task.
     writer_running: Cell<bool>,
     /// Wakes the reader when the writer task ends.
-    writer_done: Notify,
+    writer_done: LocalNotify,
     /// Whether the reader saw no busy traffic lately (see `ReadSizing`), so the writer task may
     /// end when the outbox is empty.
     quiet: Cell<bool>,
@@ -123,7 +123,7 @@ pub(crate) struct ConnHandle {
     this: Weak<ConnHandle>,
     worker: Weak<Worker>,
     /// Wakes the reader when someone else decides to end the connection.
-    reader_wake: Notify,
+    reader_wake: LocalNotify,
     /// A close frame is queued: the writer shuts down the write side once the outbox is empty.
     close_after_flush: Cell<bool>,
     /// The socket failed or the connection ended: nothing more is written.
@@ -174,13 +174,13 @@ impl ConnHandle {
             user,
             stream,
             outbox: RefCell::new(Outbox::default()),
-            writer_wake: Notify::new(),
+            writer_wake: LocalNotify::default(),
             writer_running: Cell::new(false),
-            writer_done: Notify::new(),
+            writer_done: LocalNotify::default(),
             quiet: Cell::new(true),
             this: this.clone(),
             worker: Rc::downgrade(worker),
-            reader_wake: Notify::new(),
+            reader_wake: LocalNotify::default(),
             close_after_flush: Cell::new(false),
             dead: Cell::new(false),
             max_outbound_bytes: Cell::new(usize::MAX),

@@ -18,6 +18,7 @@
 mod admin;
 mod conn;
 mod uring;
+pub(crate) mod wake;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr};
