@@ -14,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -155,6 +156,17 @@ impl Outbox {
         self.queued_bytes = 0;
     }
 
+    /// Frees the outbox's buffers when nothing is queued, so an idle connection keeps no
+    /// allocation here. After a write, `gather` still shares the allocation of the bytes it
+    /// queued last, and `segments` keeps its capacity.
+    pub fn release_buffers(&mut self) {
+        if self.is_empty() {
+            self.gather = BytesMut::new();
+            self.segments = Vec::new();
+            self.tail_pong_at = None;
+        }
+    }
+
     /// Moves the queued segments into `into`, in order, leaving the outbox empty.
     pub fn take_into(&mut self, into: &mut Vec<Bytes>) {
         self.tail_pong_at = None;
@@ -294,7 +306,8 @@ pub fn token_source_name(source: TokenSource) -> &'static str {
 pub struct SessionConfig {
     pub max_message_bytes: usize,
     pub allow_binary: bool,
-    pub rules: MessageRules,
+    /// Shared by every session, so a connection does not copy the list of required fields.
+    pub rules: Arc<MessageRules>,
     pub rate_per_sec: u32,
     pub burst: u32,
     pub max_violations: u32,
@@ -305,7 +318,7 @@ impl From<&Config> for SessionConfig {
         Self {
             max_message_bytes: config.max_message_bytes,
             allow_binary: config.allow_binary,
-            rules: config.message_rules.clone(),
+            rules: Arc::new(config.message_rules.clone()),
             rate_per_sec: config.rate_per_sec,
             burst: config.burst,
             max_violations: config.max_violations,
@@ -383,7 +396,7 @@ pub struct Session {
     bucket: Option<TokenBucket>,
     violations: u32,
     max_violations: u32,
-    rules: MessageRules,
+    rules: Arc<MessageRules>,
     closed: bool,
     tally: Tally,
 }
@@ -400,7 +413,7 @@ impl Session {
             bucket,
             violations: 0,
             max_violations: config.max_violations,
-            rules: config.rules.clone(),
+            rules: Arc::clone(&config.rules),
             closed: false,
             tally: Tally::default(),
         }
@@ -654,6 +667,28 @@ mod tests {
         config.burst = 2;
         config.max_violations = 3;
         config
+    }
+
+    #[test]
+    fn outbox_release_frees_empty_buffers() {
+        let mut out = Outbox::default();
+        out.push_raw(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        let mut written = Vec::new();
+        out.take_into(&mut written);
+        assert!(out.segments.capacity() > 0);
+        out.release_buffers();
+        assert_eq!(out.segments.capacity(), 0);
+        assert_eq!(out.gather.capacity(), 0);
+        // The bytes already taken are untouched.
+        assert_eq!(&written[0][..12], b"HTTP/1.1 101");
+
+        // Queued bytes stay queued.
+        out.push_frame(OpCode::Text, &Bytes::from_static(b"kept"));
+        out.release_buffers();
+        assert_eq!(out.queued_bytes(), 6);
+        let mut written = Vec::new();
+        out.take_into(&mut written);
+        assert_eq!(&written[0][2..], b"kept");
     }
 
     /// Builds a masked client frame.

@@ -232,10 +232,10 @@ fn session_config(script: &mut Unstructured<'_>, config: &Config) -> Result<Sess
     let mut session = SessionConfig::from(config);
     session.max_message_bytes = *script.choose(&[1, 2, 16, 125, 126, 1000, 10_240, 65_536])?;
     session.allow_binary = script.arbitrary()?;
-    session.rules = MessageRules {
+    session.rules = std::sync::Arc::new(MessageRules {
         json: script.arbitrary()?,
-        ..session.rules
-    };
+        ..(*session.rules).clone()
+    });
     session.rate_per_sec = *script.choose(&[0, 1, 50])?;
     session.burst = *script.choose(&[1, 2, 100])?;
     session.max_violations = *script.choose(&[1, 2, 3, 10])?;

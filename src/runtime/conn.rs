@@ -105,7 +105,8 @@ impl ReadSizing {
 /// The parts of a connection that other tasks of the worker touch: its outbox and wake-ups.
 pub(crate) struct ConnHandle {
     pub id: u64,
-    pub user: String,
+    /// The user id, shared with the worker's map of users.
+    pub user: Rc<str>,
     stream: Rc<TcpStream>,
     outbox: RefCell<Outbox>,
     /// Wakes the writer task, while one runs, when the outbox gains bytes or the connection
@@ -154,7 +155,7 @@ impl ConnHandle {
     /// Creates the handle of an admitted connection.
     pub(crate) fn new(
         id: u64,
-        user: String,
+        user: Rc<str>,
         stream: Rc<TcpStream>,
         token_exp: Option<u64>,
         worker: &Rc<Worker>,
@@ -294,8 +295,8 @@ impl ConnHandle {
     }
 }
 
-/// Runs the connection until it ends. `leftover` holds frame bytes that arrived with the
-/// upgrade request.
+/// Runs the connection until it ends, then removes it from the worker. `leftover` contains
+/// the frame bytes that arrived with the upgrade request.
 pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: BytesMut) {
     read_loop(&worker, &handle, leftover).await;
 
@@ -305,9 +306,16 @@ pub(crate) async fn run(worker: Rc<Worker>, handle: Rc<ConnHandle>, leftover: By
     if handle.slow_consumer.get() {
         metrics.slow_consumer_closes.inc();
     }
+    worker.unregister(&handle);
+    metrics.connections_open.dec();
+    worker.shared.release_connection();
+    tracing::debug!("connection closed");
 }
 
-async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: BytesMut) {
+/// Reads and handles frames until the connection ends. `buf` starts with the frame bytes that
+/// arrived with the upgrade request. The loop reads into it directly, because an async fn keeps
+/// every parameter for its whole life, and a second buffer would add 32 bytes to each task.
+async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesMut) {
     let shared = &worker.shared;
     handle
         .max_outbound_bytes
@@ -315,7 +323,6 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
 
     let read_size = shared.config.read_buffer_bytes;
     let mut session = Session::new(&shared.session, Instant::now());
-    let mut buf = leftover;
     let mut accepted = Vec::new();
     let mut closing = false;
     let mut sizing = ReadSizing::new();
@@ -383,6 +390,10 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, leftover: Bytes
             continue;
         }
 
+        if sizing.quiet() && accepted.capacity() > 0 {
+            // A quiet connection keeps no spare allocation while it waits.
+            accepted = Vec::new();
+        }
         sizing.prepare(&mut buf, session.bytes_wanted(), read_size);
         let len = buf.len();
         let capacity = buf.capacity();
@@ -514,6 +525,7 @@ async fn write_until_idle(handle: &ConnHandle, worker: &Worker) {
             }
             if handle.quiet.get() {
                 // The next queued bytes start a new writer task.
+                handle.outbox.borrow_mut().release_buffers();
                 return;
             }
             handle.writer_wake.notified().await;

@@ -189,7 +189,7 @@ pub(crate) struct Worker {
     forwarder: Option<Rc<Forwarder>>,
     warn_gate: RefCell<WarnGate>,
     conns: RefCell<AHashMap<u64, Rc<ConnHandle>>>,
-    users: RefCell<AHashMap<String, UserEntry>>,
+    users: RefCell<AHashMap<Rc<str>, UserEntry>>,
 }
 
 /// Binds one SO_REUSEPORT listener on `addr`.
@@ -780,7 +780,7 @@ impl Worker {
         let user_conns = self
             .users
             .borrow()
-            .get(&user)
+            .get(user.as_str())
             .map_or(0, |entry| entry.conns.len());
         if user_conns >= cap {
             tracing::debug!(conn = conn_id, %peer, user = %user, "per-user connection cap reached");
@@ -793,7 +793,13 @@ impl Worker {
             return;
         }
 
-        let handle = ConnHandle::new(conn_id, user.clone(), Rc::clone(&stream), token_exp, &self);
+        let handle = ConnHandle::new(
+            conn_id,
+            Rc::from(user.as_str()),
+            Rc::clone(&stream),
+            token_exp,
+            &self,
+        );
         handle.push_raw(&accept_response);
         let metrics = self.metrics();
         metrics.upgrade(101);
@@ -807,17 +813,7 @@ impl Worker {
 
         // The connection gets a task of its own, so that it does not keep the state of the
         // upgrade or of this function (an idle connection holds only what its session needs).
-        let worker = Rc::clone(&self);
-        tokio_uring::spawn(
-            async move {
-                conn::run(Rc::clone(&worker), Rc::clone(&handle), leftover).await;
-                worker.unregister(&handle);
-                worker.metrics().connections_open.dec();
-                worker.shared.release_connection();
-                tracing::debug!("connection closed");
-            }
-            .instrument(span),
-        );
+        tokio_uring::spawn(conn::run(Rc::clone(&self), handle, leftover).instrument(span));
     }
 
     fn register(&self, handle: &Rc<ConnHandle>) {
@@ -828,7 +824,8 @@ impl Worker {
         let entry = users.entry(handle.user.clone()).or_insert_with(|| {
             metrics.users.inc();
             UserEntry {
-                conns: Vec::new(),
+                // Most users hold one connection.
+                conns: Vec::with_capacity(1),
                 bucket: (config.user_rate_per_sec > 0).then(|| {
                     TokenBucket::new(config.user_rate_per_sec, config.user_burst, Instant::now())
                 }),
@@ -837,7 +834,7 @@ impl Worker {
         entry.conns.push(handle.id);
     }
 
-    fn unregister(&self, handle: &ConnHandle) {
+    pub(crate) fn unregister(&self, handle: &ConnHandle) {
         self.conns.borrow_mut().remove(&handle.id);
         let mut users = self.users.borrow_mut();
         if let Some(entry) = users.get_mut(&handle.user) {
@@ -981,7 +978,7 @@ impl Worker {
                     let registry = self.users.borrow();
                     let conns = self.conns.borrow();
                     for user in &users {
-                        let Some(entry) = registry.get(user) else {
+                        let Some(entry) = registry.get(user.as_str()) else {
                             continue;
                         };
                         let before = targets.len();
