@@ -479,18 +479,21 @@ fn record_tally(worker: &Worker, tally: Tally) {
 }
 
 /// After a close frame is queued: read and discard until the peer's FIN or the close
-/// timeout, then shut the socket down (which also completes any read still in flight).
+/// timeout. Then the socket is shut down when a read is still in flight (shutting down
+/// completes it) or the writer still runs (a peer that does not read would block it forever).
 async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: BytesMut) {
     let deadline = tokio::time::Instant::now() + config.close_timeout;
     buf.clear();
     if buf.capacity() < 4096 {
         buf.reserve(4096);
     }
+    let mut read_in_flight = false;
     loop {
         let capacity = buf.capacity();
         let read = handle.stream.read(buf.slice(0..capacity));
         let outcome = tokio::time::timeout_at(deadline, read).await;
         let Ok((result, slice)) = outcome else {
+            read_in_flight = true;
             break;
         };
         buf = slice.into_inner();
@@ -500,7 +503,9 @@ async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: By
             Ok(_) => {}
         }
     }
-    let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+    if read_in_flight || handle.writer_running.get() {
+        let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Runs the writer task: sends whatever is queued, one `writev` per batch, until the

@@ -201,6 +201,9 @@ pub(crate) fn bind_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpLi
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Linux copies TCP_NODELAY to every accepted socket, which saves a system call per
+    // connection. Replies are written whole, one writev per read, so Nagle would only delay them.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -280,7 +283,6 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
                     drop(stream);
                     continue;
                 }
-                let _ = stream.set_nodelay(true);
                 tokio_uring::spawn(handshake_task(Rc::clone(&worker), stream, peer));
             }
             Err(_) if worker.shared.is_draining() => return,
@@ -1404,4 +1406,18 @@ fn error_frame(code: &str, detail: &str, id: Option<&Bytes>) -> Bytes {
     encode::encode_header(&mut frame, true, OpCode::Text, text.len());
     frame.extend_from_slice(&text);
     frame.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay() {
+        let listener = bind_listener("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _client = std::net::TcpStream::connect(address).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        assert!(accepted.nodelay().expect("getsockopt"));
+    }
 }
