@@ -1355,9 +1355,15 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
         worker.stats.borrow_mut().errors.mismatch += 1;
         return;
     };
-    let Some(sender) = worker.users.get(&id.conn) else {
-        worker.stats.borrow_mut().errors.mismatch += 1;
-        return;
+    // An echo comes back to its sender, so only relayed messages need the lookup.
+    let sender = if id.conn == user.index {
+        user
+    } else {
+        let Some(sender) = worker.users.get(&id.conn) else {
+            worker.stats.borrow_mut().errors.mismatch += 1;
+            return;
+        };
+        sender.as_ref()
     };
     let pending = sender.book.borrow_mut().pending.remove(id.seq);
     match pending {
