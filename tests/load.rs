@@ -184,3 +184,37 @@ fn load_injected_faults_get_expected_answers() {
     // Each oversize fault ends its connection, which the user replaces.
     assert_eq!(count(&summary["handshakes"]), 8 + oversize, "{summary:#}");
 }
+
+#[test]
+fn load_without_server_exits_one_naming_error() {
+    // A port that was free a moment ago: nothing listens, so every connect is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port();
+    let output = Command::new(env!("CARGO_BIN_EXE_framegate"))
+        .args(["load", &format!("ws://127.0.0.1:{port}/ws")])
+        .args([
+            "--duration",
+            "1",
+            "--connections",
+            "2",
+            "--no-auth",
+            "--quiet",
+        ])
+        .output()
+        .expect("run framegate load");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(
+        stdout.contains("first error  connect: "),
+        "stdout:\n{stdout}"
+    );
+    assert!(stdout.contains("refused"), "stdout:\n{stdout}");
+    assert!(stderr.contains("no connection to"), "stderr:\n{stderr}");
+}

@@ -470,7 +470,9 @@ async fn connect(
         Ok(socket) => socket,
         Err(err) => {
             tracing::debug!(user = user.index, error = %err, "connect failed");
-            worker.stats.borrow_mut().errors.connect += 1;
+            let mut stats = worker.stats.borrow_mut();
+            stats.errors.connect += 1;
+            stats.note_error("connect", &err);
             return Err(ConnectFailure);
         }
     };
@@ -506,6 +508,7 @@ async fn connect(
                 UpgradeError::Connect(err) => {
                     tracing::debug!(user = user.index, error = %err, "connect failed");
                     stats.errors.connect += 1;
+                    stats.note_error("connect", &err);
                 }
                 UpgradeError::Status(status) => stats.count_http_status(status),
                 UpgradeError::Timeout
@@ -514,6 +517,7 @@ async fn connect(
                 | UpgradeError::Io(_) => {
                     tracing::debug!(user = user.index, error = %err, "upgrade failed");
                     stats.errors.handshake += 1;
+                    stats.note_error("upgrade", &err);
                 }
             }
             let _ = stream.shutdown(std::net::Shutdown::Both);
@@ -553,7 +557,9 @@ fn user_token(worker: &Worker, user: &User) -> Result<Option<String>, ConnectFai
         }
         Err(err) => {
             tracing::warn!(user = user.index, error = %err, "cannot mint token");
-            worker.stats.borrow_mut().errors.handshake += 1;
+            let mut stats = worker.stats.borrow_mut();
+            stats.errors.handshake += 1;
+            stats.note_error("token", &err);
             Err(ConnectFailure)
         }
     }
@@ -779,7 +785,9 @@ async fn write(worker: &Worker, conn: &Conn, buf: Vec<u8>) -> Vec<u8> {
     if let Err(err) = result {
         if !conn.ended() {
             tracing::debug!(error = %err, "write failed");
-            worker.stats.borrow_mut().errors.io += 1;
+            let mut stats = worker.stats.borrow_mut();
+            stats.errors.io += 1;
+            stats.note_error("write", &err);
         }
         conn.failed.set(true);
     }
@@ -1220,7 +1228,9 @@ async fn read_loop(
             Err(err) => {
                 if !conn.close_sent.get() && conn.server_close.get().is_none() {
                     tracing::debug!(user = user.index, error = %err, "read failed");
-                    worker.stats.borrow_mut().errors.io += 1;
+                    let mut stats = worker.stats.borrow_mut();
+                    stats.errors.io += 1;
+                    stats.note_error("read", &err);
                 }
                 conn.failed.set(true);
                 finish_reader(&conn);

@@ -348,8 +348,9 @@ pub(crate) struct Progress {
     pub done: AtomicBool,
 }
 
-/// Runs `framegate load` and returns the exit status: 0 after a clean run, 1 when errors were
-/// counted and `--fail-on-error` is set, 2 when the options or the setup are invalid.
+/// Runs `framegate load` and returns the exit status: 0 after a clean run, 1 when no
+/// connection could be upgraded or when errors were counted and `--fail-on-error` is set, 2
+/// when the options or the setup are invalid.
 pub fn main(args: LoadArgs) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FRAMEGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -361,7 +362,18 @@ pub fn main(args: LoadArgs) -> ExitCode {
     match run(&args) {
         Ok(summary) => {
             print!("{}", summary.render());
-            if summary.error_total > 0 && args.fail_on_error {
+            if summary.handshakes == 0 {
+                let cause = summary
+                    .first_error
+                    .as_deref()
+                    .unwrap_or("no error was recorded");
+                eprintln!(
+                    "error: no connection to {} was upgraded ({cause}); check that the server \
+                     runs and accepts the URL, token and source addresses given",
+                    args.url
+                );
+                ExitCode::from(1)
+            } else if summary.error_total > 0 && args.fail_on_error {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

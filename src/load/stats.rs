@@ -113,6 +113,8 @@ pub struct Stats {
     pub error_frames: BTreeMap<String, u64>,
     pub injected: Injected,
     pub errors: ErrorCounts,
+    /// The first connect, handshake or I/O error, with its kind and the OS error text.
+    pub first_error: Option<String>,
 }
 
 impl Default for Stats {
@@ -139,6 +141,15 @@ impl Stats {
             error_frames: BTreeMap::new(),
             injected: Injected::default(),
             errors: ErrorCounts::default(),
+            first_error: None,
+        }
+    }
+
+    /// Keeps the text of the first connect, handshake or I/O error, so the summary can show
+    /// what failed (for example `connect: Connection refused (os error 111)`).
+    pub fn note_error(&mut self, kind: &str, error: &dyn std::fmt::Display) {
+        if self.first_error.is_none() {
+            self.first_error = Some(format!("{kind}: {error}"));
         }
     }
 
@@ -197,6 +208,9 @@ impl Stats {
         }
         self.injected.merge(&other.injected);
         self.errors.merge(&other.errors);
+        if self.first_error.is_none() {
+            self.first_error.clone_from(&other.first_error);
+        }
     }
 
     /// Builds the summary of a run that lasted `elapsed`, with `steady` the window after the
@@ -232,6 +246,7 @@ impl Stats {
             injected: self.injected,
             errors: self.errors,
             error_total: self.errors.total(),
+            first_error: self.first_error.clone(),
         }
     }
 }
@@ -351,6 +366,8 @@ pub struct Summary {
     pub injected: Injected,
     pub errors: ErrorCounts,
     pub error_total: u64,
+    /// The first connect, handshake or I/O error seen by a worker, if any.
+    pub first_error: Option<String>,
 }
 
 impl Summary {
@@ -422,6 +439,9 @@ impl Summary {
             errors.lost,
             errors.close_timeout
         );
+        if let Some(first) = &self.first_error {
+            let _ = writeln!(out, "first error  {first}");
+        }
         out
     }
 }
@@ -569,5 +589,28 @@ mod tests {
         assert!(text.contains("injected     oversize 1"));
         assert!(text.contains("errors       0"));
         assert!(text.contains("latency      (no samples)"));
+        assert!(!text.contains("first error"));
+    }
+
+    #[test]
+    fn first_error_kept_through_merge() {
+        let connect_error = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let mut first = Stats::new();
+        first.note_error("connect", &connect_error);
+        first.note_error("read", &"later");
+        let mut other = Stats::new();
+        other.note_error("write", &"other worker");
+
+        let mut total = Stats::new();
+        total.merge(&first);
+        total.merge(&other);
+        let summary = total.summary(run_info(), Duration::from_secs(1), window());
+        let expected = format!("connect: {connect_error}");
+        assert_eq!(summary.first_error.as_deref(), Some(expected.as_str()));
+        assert!(
+            summary
+                .render()
+                .contains(&format!("first error  {expected}"))
+        );
     }
 }

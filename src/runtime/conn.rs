@@ -11,11 +11,11 @@ use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use super::wake::LocalNotify;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
+use super::wake::LocalNotify;
 use super::worker::Worker;
 use crate::conn::{Flow, Outbox, Session, Tally};
 use crate::frame::{CloseCode, OpCode};
