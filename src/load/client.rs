@@ -726,17 +726,10 @@ struct Wakers<'a> {
     state: Option<&'a Notify>,
 }
 
-async fn notified(notify: Option<&Notify>) {
-    match notify {
-        Some(notify) => notify.notified().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Waits on `notify`, or forever when there is none.
-async fn notified_local(notify: Option<&LocalNotify>) {
-    match notify {
-        Some(notify) => notify.notified().await,
+/// Waits for `wait`, or forever when there is none.
+async fn wait_or_pending(wait: Option<impl Future<Output = ()>>) {
+    match wait {
+        Some(wait) => wait.await,
         None => std::future::pending().await,
     }
 }
@@ -762,8 +755,8 @@ async fn wait_for(
             return Waited::TimedOut;
         }
         tokio::select! {
-            _ = notified_local(wakers.answered) => {}
-            _ = notified(wakers.state) => {}
+            _ = wait_or_pending(wakers.answered.map(LocalNotify::notified)) => {}
+            _ = wait_or_pending(wakers.state.map(Notify::notified)) => {}
             _ = conn.wake.notified() => {}
             _ = sleep_until(until) => {}
         }

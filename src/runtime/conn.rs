@@ -79,13 +79,13 @@ impl ReadSizing {
         }
     }
 
-    /// Prepares `buf` for the next read: a fresh small buffer when quiet and empty, otherwise at
-    /// least half of the space needed for the frame in progress (`wanted`) or for one full read
-    /// (`read_size`), whichever is larger.
+    /// Prepares `buf` for the next read: a fresh small buffer when quiet and empty. Otherwise
+    /// the free space is at least half of the larger of two sizes: the rest of the frame in
+    /// progress (`wanted`) and one full read (`read_size`).
     ///
     /// The free space is kept large because a read shorter than what the peer wrote splits
-    /// the peer's batch in two. The echoes then leave in two writes, a closed-loop peer answers
-    /// each with its own write, and every later round stays split: twice the reads, writes and
+    /// the peer's batch in two. The echoes then leave in two writes, a closed-loop peer replies
+    /// to each with its own write, and every later round stays split: twice the reads, writes and
     /// TCP segments for the same messages.
     fn prepare(self, buf: &mut BytesMut, wanted: usize, read_size: usize) {
         if self.quiet() && buf.is_empty() {

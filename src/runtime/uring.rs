@@ -21,10 +21,10 @@ pub fn duplicate_socket(stream: &tokio_uring::net::TcpStream) -> io::Result<Owne
     borrowed.try_clone_to_owned()
 }
 
-/// Appends to `buf` what the socket already holds, up to the spare capacity of `buf`, without
-/// waiting (`recv` with `MSG_DONTWAIT`). Returns the number of bytes added. Nothing waiting,
-/// the peer's FIN and errors all return 0: the next io_uring read reports the last two. The
-/// caller must have no read in flight on `stream`.
+/// Appends to `buf` the bytes already queued on the socket, up to the spare capacity of `buf`,
+/// without waiting (`recv` with `MSG_DONTWAIT`). Returns the number of bytes added. Nothing
+/// waiting, the peer's FIN and errors all return 0, and the next io_uring read reports the
+/// last two. The caller must have no read in flight on `stream`.
 pub fn recv_waiting(stream: &tokio_uring::net::TcpStream, buf: &mut bytes::BytesMut) -> usize {
     let spare = buf.spare_capacity_mut();
     if spare.is_empty() {
