@@ -14,10 +14,11 @@
 
 #![forbid(unsafe_code)]
 
+use std::io::IoSlice;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
@@ -173,6 +174,48 @@ impl Outbox {
         self.flush_gather();
         into.append(&mut self.segments);
         self.queued_bytes = 0;
+    }
+
+    /// Points `out` at the queued bytes, in order, and returns how many slices it filled
+    /// (at most `out.len()`, so a long queue is described in part). Nothing is taken:
+    /// [`Outbox::consume`] drops what the socket accepted.
+    pub fn io_slices<'a>(&'a self, out: &mut [IoSlice<'a>]) -> usize {
+        let queued = self.segments.iter().map(|segment| &segment[..]);
+        let parts = queued.chain(std::iter::once(&self.gather[..]));
+        let mut filled = 0;
+        for (slot, part) in out.iter_mut().zip(parts.filter(|part| !part.is_empty())) {
+            *slot = IoSlice::new(part);
+            filled += 1;
+        }
+        filled
+    }
+
+    /// Drops the first `sent` queued bytes, which the socket accepted.
+    pub fn consume(&mut self, mut sent: usize) {
+        debug_assert!(sent <= self.queued_bytes, "consumed more than was queued");
+        sent = sent.min(self.queued_bytes);
+        self.queued_bytes -= sent;
+        let mut whole = 0;
+        for segment in &mut self.segments {
+            if sent < segment.len() {
+                segment.advance(sent);
+                sent = 0;
+                break;
+            }
+            sent -= segment.len();
+            whole += 1;
+        }
+        self.segments.drain(..whole);
+        if sent > 0 {
+            // A pong that has started to leave can no longer be replaced.
+            self.tail_pong_at = None;
+            self.gather.advance(sent);
+        }
+        if self.queued_bytes == 0 {
+            // Keeps the allocation for the next frames.
+            self.gather.clear();
+            self.tail_pong_at = None;
+        }
     }
 
     fn flush_gather(&mut self) {
@@ -930,6 +973,58 @@ mod tests {
             "large payload is not copied"
         );
         assert!(out.is_empty());
+    }
+
+    /// The queued bytes as `io_slices` describes them, joined.
+    fn described(out: &Outbox, slots: usize) -> Vec<u8> {
+        let mut slices = vec![IoSlice::new(&[]); slots];
+        let filled = out.io_slices(&mut slices);
+        slices[..filled]
+            .iter()
+            .flat_map(|slice| slice.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn outbox_consume_drops_sent_prefix() {
+        let mut out = Outbox::default();
+        let big = Bytes::from((0..4096u32).map(|i| i as u8).collect::<Vec<u8>>());
+        out.push_frame(OpCode::Binary, &Bytes::from_static(b"x"));
+        out.push_frame(OpCode::Binary, &big);
+        out.push_frame(OpCode::Text, &Bytes::from_static(b"tail"));
+        let all = described(&out, 8);
+        assert_eq!(all.len(), out.queued_bytes());
+        assert_eq!(all.len(), 3 + 4 + 4096 + 6);
+        // One slot describes the first segment only: the small frame and the large frame's
+        // header, gathered together.
+        assert_eq!(described(&out, 1), &all[..3 + 4]);
+
+        // Into the middle of the large payload, then across into the gathered tail.
+        for sent in [2, 1, 1000, 3099, 4] {
+            let before = described(&out, 8);
+            out.consume(sent);
+            assert_eq!(described(&out, 8), &before[sent..]);
+            assert_eq!(out.queued_bytes(), before.len() - sent);
+        }
+        assert_eq!(described(&out, 8), b"ail");
+        out.consume(3);
+        assert!(out.is_empty());
+        assert_eq!(out.io_slices(&mut [IoSlice::new(&[])]), 0);
+
+        // The emptied outbox queues and describes new frames from the start.
+        out.push_frame(OpCode::Text, &Bytes::from_static(b"next"));
+        assert_eq!(described(&out, 8), b"\x81\x04next");
+    }
+
+    #[test]
+    fn outbox_consume_stops_pong_replacement() {
+        let mut out = Outbox::default();
+        out.set_coalesce_pongs(true);
+        out.push_pong(&Bytes::from_static(b"first"));
+        out.consume(3);
+        // The first pong has partly left: a new pong goes after it.
+        out.push_pong(&Bytes::from_static(b"second"));
+        assert_eq!(described(&out, 4), b"irst\x8a\x06second");
     }
 
     #[test]

@@ -379,13 +379,37 @@ fn slow_drip_upgrade_is_closed_at_timeout() {
 }
 
 #[test]
+fn silent_connection_times_out_late() {
+    let addr = start(config(1, "handshake_timeout_ms = 300\n"));
+    let started = std::time::Instant::now();
+    let mut stream = connect(addr);
+    // Nothing is sent. TCP_DEFER_ACCEPT delays the accept by about a second (the kernel
+    // accepts after a retransmitted SYN-ACK), and then the handshake timeout applies.
+    let (head, _) = read_head(&mut stream);
+    assert_eq!(status_of(&head), 408, "{head}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn pending_upgrade_cap_closes_extra_connections() {
     let addr = start(config(
         1,
         "max_pending_upgrades = 3\nhandshake_timeout_ms = 5000\n",
     ));
-    // Three idle connections hold every pending slot.
-    let idle: Vec<std::net::TcpStream> = (0..3).map(|_| connect(addr)).collect();
+    // Three connections that started a request and stalled hold every pending slot. (A
+    // connection that sends nothing at all is not accepted for about a second: the listener
+    // uses TCP_DEFER_ACCEPT.)
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect(addr);
+            stream.write_all(b"GET /ws HTTP/1.1\r\n").unwrap();
+            stream
+        })
+        .collect();
     std::thread::sleep(Duration::from_millis(200));
     let response = http_exchange(addr, upgrade_request(&token("late")).as_bytes());
     assert!(

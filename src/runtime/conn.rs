@@ -1,13 +1,18 @@
-//! One open connection on its owning worker: a reader task that runs the protocol
-//! [`Session`] over each read, and a writer task that sends everything queued in one
-//! `writev` per wake-up.
+//! One open connection on its owning worker: the reader task that runs the protocol
+//! [`Session`] over each read, and the sending of what the session queues.
 //!
-//! Ending a connection: after a close frame is queued the writer flushes it and shuts down
-//! the write side (RFC 6455 §7.1.1: the server closes TCP first), and the reader keeps
-//! reading and discarding until the peer's FIN or `close_timeout`, so the kernel never
-//! answers unread data with a reset.
+//! Sending: whatever one read (or one delivery) queues leaves at once in one non-blocking
+//! `sendmsg`. Only when the socket's send buffer is full does a writer task start, which sends
+//! the rest with io_uring writes (they wait for the peer to read) and ends once the outbox is
+//! empty. So a connection has a writer task only while its peer is behind.
+//!
+//! Ending a connection: after a close frame is queued it is sent and the write side is shut
+//! down (RFC 6455 §7.1.1: the server closes TCP first), and the reader keeps reading and
+//! discarding until the peer's FIN or `close_timeout`, so the kernel never answers unread
+//! data with a reset.
 
 use std::cell::{Cell, RefCell};
+use std::io::IoSlice;
 use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
@@ -22,6 +27,11 @@ use crate::frame::{CloseCode, OpCode};
 
 /// Most iovecs passed to one `writev` (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
+
+/// Most iovecs passed to one immediate `sendmsg`. One read's echoes fit in a few: small
+/// frames are gathered into one segment and only payloads over
+/// [`crate::conn::INLINE_PAYLOAD_MAX`] get their own.
+const SEND_NOW_IOVECS: usize = 32;
 
 /// Read buffer offered to a quiet connection (see [`ReadSizing`]).
 const QUIET_READ_BYTES: usize = 128;
@@ -109,16 +119,16 @@ pub(crate) struct ConnHandle {
     pub user: Rc<str>,
     stream: Rc<TcpStream>,
     outbox: RefCell<Outbox>,
-    /// Wakes the writer task, while one runs, when the outbox gains bytes or the connection
-    /// ends.
-    writer_wake: LocalNotify,
-    /// Whether a writer task runs. One starts when bytes are queued and ends once the outbox
-    /// is empty and the connection is quiet, so an idle connection has no writer task.
+    /// Whether a writer task runs. One starts when the socket does not take everything queued
+    /// and ends once the outbox is empty; while it runs, new frames wait for it.
     writer_running: Cell<bool>,
+    /// Whether the connection is on the worker's list of connections that send once the
+    /// current hold ends (see [`Worker::hold_sends`]).
+    listed_for_send: Cell<bool>,
     /// Wakes the reader when the writer task ends.
     writer_done: LocalNotify,
-    /// Whether the reader saw no busy traffic lately (see `ReadSizing`), so the writer task may
-    /// end when the outbox is empty.
+    /// Whether the reader saw no busy traffic lately (see `ReadSizing`), so an emptied outbox
+    /// frees its buffers.
     quiet: Cell<bool>,
     /// This handle, so that a method called through `&self` can start the writer task.
     this: Weak<ConnHandle>,
@@ -175,8 +185,8 @@ impl ConnHandle {
             user,
             stream,
             outbox: RefCell::new(Outbox::default()),
-            writer_wake: LocalNotify::default(),
             writer_running: Cell::new(false),
+            listed_for_send: Cell::new(false),
             writer_done: LocalNotify::default(),
             quiet: Cell::new(true),
             this: this.clone(),
@@ -188,20 +198,89 @@ impl ConnHandle {
         })
     }
 
-    /// Wakes the writer task, or starts one when none runs and the connection is alive.
-    fn wake_writer(&self) {
-        if self.writer_running.get() {
-            self.writer_wake.notify_one();
+    /// Sends what is queued: at once when no writer task runs, and through a new writer task
+    /// for what the socket does not take. While a writer task runs it sends new frames too.
+    /// While the worker holds sends, the connection is listed and sends when they are released.
+    pub(crate) fn wake_writer(&self) {
+        if self.writer_running.get() || self.dead.get() {
             return;
         }
-        if self.dead.get() {
+        let Some(worker) = self.worker.upgrade() else {
+            return;
+        };
+        if worker.sends_held() {
+            if !self.listed_for_send.replace(true)
+                && let Some(this) = self.this.upgrade()
+            {
+                worker.list_for_send(this);
+            }
             return;
         }
-        let (Some(this), Some(worker)) = (self.this.upgrade(), self.worker.upgrade()) else {
+        if self.send_now(&worker) {
+            return;
+        }
+        let Some(this) = self.this.upgrade() else {
             return;
         };
         self.writer_running.set(true);
         tokio_uring::spawn(write_loop(this, worker));
+    }
+
+    /// Offers the queued bytes to the socket in one non-blocking `sendmsg`. Returns true when
+    /// nothing is left to send: the outbox is empty (and, after a close frame, the write side
+    /// is shut down) or the socket failed.
+    fn send_now(&self, worker: &Worker) -> bool {
+        let mut outbox = self.outbox.borrow_mut();
+        let closing = self.close_after_flush.get();
+        if !outbox.is_empty() {
+            let mut slices = [IoSlice::new(&[]); SEND_NOW_IOVECS];
+            let filled = outbox.io_slices(&mut slices);
+            // After a close frame nothing follows, so MSG_MORE lets the FIN of the shutdown
+            // below leave in the same TCP segment as the frame.
+            let result = super::uring::send_now(&self.stream, &slices[..filled], closing);
+            let metrics = worker.metrics();
+            metrics.frames_out.add(outbox.take_frame_count());
+            match result {
+                Ok(sent) => {
+                    metrics.bytes_out.add(sent as u64);
+                    outbox.consume(sent);
+                }
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+                    ) => {}
+                Err(err) => {
+                    drop(outbox);
+                    self.fail_write(&err);
+                    return true;
+                }
+            }
+        }
+        if !outbox.is_empty() {
+            return false;
+        }
+        if closing {
+            // RFC 6455 §7.1.1: the server closes the TCP connection first.
+            let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        } else if self.quiet.get() {
+            outbox.release_buffers();
+        }
+        true
+    }
+
+    /// Marks the connection as off the worker's list of connections to send.
+    pub(crate) fn unlist_for_send(&self) {
+        self.listed_for_send.set(false);
+    }
+
+    /// Ends sending after a write failed: nothing more is written and the reader stops.
+    fn fail_write(&self, err: &std::io::Error) {
+        tracing::debug!(conn = self.id, error = %err, "write failed");
+        self.dead.set(true);
+        self.outbox.borrow_mut().clear();
+        self.reader_wake.notify_one();
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 
     /// Waits until no writer task runs.
@@ -347,6 +426,9 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
         }
         let now = Instant::now();
         let mut dispatched_count = 0u64;
+        // Frames queued while handling this read, for this connection and any other, leave
+        // together: one sendmsg per connection. Nothing awaits until the hold ends below.
+        let hold = worker.hold_sends();
         while !buf.is_empty() && !closing {
             let flow = {
                 let mut out = handle.outbox.borrow_mut();
@@ -380,8 +462,8 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
                 .observe_each(each, dispatched_count);
         }
         record_tally(worker, session.take_tally());
-        // One wake-up per read: everything queued above leaves in one writev.
         handle.after_push();
+        drop(hold);
         if closing || handle.close_after_flush.get() {
             break;
         }
@@ -446,7 +528,6 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
     // Boxed: a closing connection is rare, and the read loop's state stays small without it.
     Box::pin(linger(handle, &shared.config, buf)).await;
     handle.dead.set(true);
-    handle.writer_wake.notify_one();
     handle.writer_finished().await;
 }
 
@@ -455,7 +536,6 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
 /// which fails the write, so the connection outlives its peer by at most `close_timeout`.
 async fn end_after_peer_left(handle: &ConnHandle, config: &crate::config::Config) {
     handle.dead.set(true);
-    handle.writer_wake.notify_one();
     let finished = tokio::time::timeout(config.close_timeout, handle.writer_finished()).await;
     if finished.is_err() {
         let _ = handle.stream.shutdown(std::net::Shutdown::Both);
@@ -509,7 +589,7 @@ async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: By
 }
 
 /// Runs the writer task: sends whatever is queued, one `writev` per batch, until the
-/// connection ends or, on a quiet connection, until the outbox is empty.
+/// connection ends or the outbox is empty.
 async fn write_loop(handle: Rc<ConnHandle>, worker: Rc<Worker>) {
     write_until_idle(&handle, &worker).await;
     handle.writer_running.set(false);
@@ -526,15 +606,11 @@ async fn write_until_idle(handle: &ConnHandle, worker: &Worker) {
             if handle.close_after_flush.get() {
                 // RFC 6455 §7.1.1: the server closes the TCP connection first.
                 let _ = handle.stream.shutdown(std::net::Shutdown::Write);
-                return;
-            }
-            if handle.quiet.get() {
-                // The next queued bytes start a new writer task.
+            } else if handle.quiet.get() {
                 handle.outbox.borrow_mut().release_buffers();
-                return;
             }
-            handle.writer_wake.notified().await;
-            continue;
+            // The next queued bytes are sent at once again (see `ConnHandle::wake_writer`).
+            return;
         }
         let frames = {
             let mut outbox = handle.outbox.borrow_mut();
@@ -550,11 +626,7 @@ async fn write_until_idle(handle: &ConnHandle, worker: &Worker) {
         let written = write_all(&handle.stream, &mut segments).await;
         handle.outbox.borrow_mut().set_coalesce_pongs(false);
         if let Err(err) = written {
-            tracing::debug!(conn = handle.id, error = %err, "write failed");
-            handle.dead.set(true);
-            handle.outbox.borrow_mut().clear();
-            handle.reader_wake.notify_one();
-            let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+            handle.fail_write(&err);
             return;
         }
     }

@@ -50,6 +50,50 @@ pub fn recv_waiting(stream: &tokio_uring::net::TcpStream, buf: &mut bytes::Bytes
     received
 }
 
+/// Sends `slices`, in order, with one `sendmsg` that does not wait (`MSG_DONTWAIT`), and
+/// returns how many bytes the socket took, which may be fewer than offered. `WouldBlock`
+/// means the send buffer is full. With `more` (`MSG_MORE`) the kernel may hold a tail shorter
+/// than a segment back, so that a `shutdown` right after sends it in the same segment as the
+/// FIN. The caller must have no write in flight on `stream`.
+pub fn send_now(
+    stream: &tokio_uring::net::TcpStream,
+    slices: &[io::IoSlice<'_>],
+    more: bool,
+) -> io::Result<usize> {
+    // SAFETY: the descriptor belongs to `stream`, which is borrowed for this whole function.
+    // So it stays open while the borrowed handle exists, and the handle is only used to send.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(stream.as_raw_fd()) };
+    let mut flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    if more {
+        flags |= libc::MSG_MORE;
+    }
+    socket2::SockRef::from(&borrowed).send_vectored_with_flags(slices, flags)
+}
+
+/// Sets TCP_DEFER_ACCEPT on a listening socket: a connection is accepted only once its first
+/// data has arrived, or after about `seconds` without any.
+pub fn defer_accept(listener: &socket2::Socket, seconds: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor belongs to `listener`, borrowed for this call, so it is open;
+    // `value` is a live c_int and `len` is its size, which is what TCP_DEFER_ACCEPT reads.
+    let result = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&value).cast(),
+            len,
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Shuts down a listening socket so that an accept in flight on it completes with an error
 /// and the worker stops accepting (used by the drain).
 pub fn shutdown_listener(listener: &tokio_uring::net::TcpListener) -> io::Result<()> {
@@ -133,6 +177,45 @@ pub fn explain_setup_error(err: &io::Error) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn send_now_sends_in_order_until_the_buffer_is_full() {
+        use std::io::{IoSlice, Read};
+        tokio_uring::start(async {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            let address = listener.local_addr().expect("address");
+            let mut peer = std::net::TcpStream::connect(address).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            let stream = tokio_uring::net::TcpStream::from_std(accepted);
+
+            let slices = [
+                IoSlice::new(b"one "),
+                IoSlice::new(b"two "),
+                IoSlice::new(b"three"),
+            ];
+            assert_eq!(send_now(&stream, &slices, false).expect("send"), 13);
+            let mut got = [0u8; 13];
+            peer.read_exact(&mut got).expect("read");
+            assert_eq!(&got, b"one two three");
+
+            // The peer stops reading: the send buffer fills and the call reports WouldBlock
+            // instead of waiting.
+            let block = vec![7u8; 1 << 20];
+            let mut accepted_bytes = 0usize;
+            let blocked = loop {
+                match send_now(&stream, &[IoSlice::new(&block)], false) {
+                    Ok(sent) => {
+                        assert!(sent > 0);
+                        accepted_bytes += sent;
+                        assert!(accepted_bytes < 1 << 30, "the send buffer never filled");
+                    }
+                    Err(err) => break err,
+                }
+            };
+            assert_eq!(blocked.kind(), io::ErrorKind::WouldBlock);
+            assert!(accepted_bytes > 0);
+        });
+    }
 
     #[test]
     fn recv_waiting_takes_queued_bytes() {
