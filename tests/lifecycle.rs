@@ -300,3 +300,100 @@ fn peer_fin_during_blocked_write_ends_connection() {
     );
     drop(client);
 }
+
+/// Opens an upgraded connection for `sub` with a `recv_buffer`-byte receive buffer. It is set
+/// before connecting, so the server gets a small TCP window.
+fn open_small_window(addr: std::net::SocketAddr, sub: &str, recv_buffer: usize) -> RawClient {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+    socket.connect(&addr.into()).expect("connect");
+    let mut stream: std::net::TcpStream = socket.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    std::io::Write::write_all(&mut stream, upgrade_request(&token(sub)).as_bytes()).unwrap();
+    let (head, rest) = read_head(&mut stream);
+    assert_eq!(status_of(&head), 101, "upgrade failed: {head}");
+    RawClient {
+        stream,
+        pending: rest,
+    }
+}
+
+/// Several senders on another worker relay 40 KB messages to a recipient that does not
+/// read. Its sends stop partway through a frame, and a later delivery takes its queue over
+/// `max_outbound_bytes`. The close that follows must not cut that frame: the recipient reads
+/// whole JSON frames, then close 1008, then the TCP close.
+#[test]
+fn slow_consumer_close_keeps_frames_whole() {
+    let ring = framegate::shard::Ring::new(2).expect("ring");
+    let addr = start(config(
+        2,
+        "backend = \"relay\"\njson = true\nrate_per_sec = 0\nupgrade_rate_per_ip = 0\n\
+         max_message_bytes = 65536\nmax_outbound_bytes = 81920\nclose_timeout_ms = 15000\n",
+    ));
+    for round in 0..3 {
+        let recipient = format!("recipient{round}");
+        let owner = ring.owner(recipient.as_bytes());
+        let mut reader = open_small_window(addr, &recipient, 4096);
+        let mut senders: Vec<RawClient> = (0..1000)
+            .map(|i| format!("sender{round}-{i}"))
+            .filter(|user| ring.owner(user.as_bytes()) != owner)
+            .take(6)
+            .map(|user| open(addr, &user))
+            .collect();
+        assert_eq!(senders.len(), 6);
+        let threads: Vec<_> = senders
+            .iter_mut()
+            .enumerate()
+            .map(|(i, sender)| {
+                let mut burst = Vec::new();
+                for k in 0..40 {
+                    let content = format!("{i}-{k}:{}", "x".repeat(40_000));
+                    let text = chat(&format!("m{k}"), &recipient, &content);
+                    burst.extend_from_slice(&client_frame(true, 0x1, text.as_bytes()));
+                }
+                let mut stream = sender.stream.try_clone().unwrap();
+                std::thread::spawn(move || {
+                    // The server may close the sender's socket first; that is fine here.
+                    let _ = std::io::Write::write_all(&mut stream, &burst);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+
+        let mut whole = 0;
+        let close = loop {
+            let frame = reader
+                .read_frame()
+                .unwrap_or_else(|| panic!("round {round}: TCP closed before the close frame"));
+            if frame.opcode == 0x8 {
+                break frame;
+            }
+            assert_eq!(
+                frame.opcode, 0x1,
+                "round {round}: frame {whole} is not text"
+            );
+            let message: serde_json::Value = serde_json::from_slice(&frame.payload)
+                .unwrap_or_else(|err| panic!("round {round}: frame {whole} is cut: {err}"));
+            assert!(
+                message["content"]
+                    .as_str()
+                    .is_some_and(|c| c.len() > 40_000)
+            );
+            whole += 1;
+        };
+        assert_eq!(close.close_code(), Some(1008), "round {round}");
+        assert_eq!(reason(&close), "slow consumer", "round {round}");
+        assert!(
+            reader.read_frame().is_none(),
+            "round {round}: bytes after the close frame"
+        );
+        assert!(
+            reader.pending.is_empty(),
+            "round {round}: partial frame left"
+        );
+    }
+}

@@ -28,7 +28,7 @@ use crate::frame::{CloseCode, OpCode};
 /// Most iovecs passed to one `writev` (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// Most iovecs passed to one immediate `sendmsg`. One read's echoes fit in a few: small
+/// Maximum number of iovecs passed to one immediate `sendmsg`. One read's echoes fit in a few: small
 /// frames are gathered into one segment and only payloads over
 /// [`crate::conn::INLINE_PAYLOAD_MAX`] get their own.
 const SEND_NOW_IOVECS: usize = 32;
@@ -120,7 +120,7 @@ pub(crate) struct ConnHandle {
     stream: Rc<TcpStream>,
     outbox: RefCell<Outbox>,
     /// Whether a writer task runs. One starts when the socket does not take everything queued
-    /// and ends once the outbox is empty; while it runs, new frames wait for it.
+    /// and ends once the outbox is empty. While it runs, new frames wait for it.
     writer_running: Cell<bool>,
     /// Whether the connection is on the worker's list of connections that send once the
     /// current hold ends (see [`Worker::hold_sends`]).
@@ -216,20 +216,22 @@ impl ConnHandle {
             }
             return;
         }
-        if self.send_now(&worker) {
+        let Some(rest) = self.send_now(&worker) else {
             return;
-        }
+        };
         let Some(this) = self.this.upgrade() else {
             return;
         };
         self.writer_running.set(true);
-        tokio_uring::spawn(write_loop(this, worker));
+        tokio_uring::spawn(write_loop(this, worker, rest));
     }
 
-    /// Offers the queued bytes to the socket in one non-blocking `sendmsg`. Returns true when
-    /// nothing is left to send: the outbox is empty (and, after a close frame, the write side
-    /// is shut down) or the socket failed.
-    fn send_now(&self, worker: &Worker) -> bool {
+    /// Offers the queued bytes to the socket in one non-blocking `sendmsg`. Returns `None`
+    /// when nothing is left to send: the outbox is empty (and, after a close frame, the write
+    /// side is shut down) or the socket failed. Otherwise returns what the socket did not
+    /// take, moved out of the outbox for a writer task. A frame may have partly left by then,
+    /// and a slow-consumer close clears the outbox, so its rest must not stay there.
+    fn send_now(&self, worker: &Worker) -> Option<Vec<Bytes>> {
         let mut outbox = self.outbox.borrow_mut();
         let closing = self.close_after_flush.get();
         if !outbox.is_empty() {
@@ -253,12 +255,16 @@ impl ConnHandle {
                 Err(err) => {
                     drop(outbox);
                     self.fail_write(&err);
-                    return true;
+                    return None;
                 }
             }
         }
         if !outbox.is_empty() {
-            return false;
+            let mut rest = Vec::new();
+            outbox.take_into(&mut rest);
+            let bytes: usize = rest.iter().map(Bytes::len).sum();
+            worker.metrics().bytes_out.add(bytes as u64);
+            return Some(rest);
         }
         if closing {
             // RFC 6455 §7.1.1: the server closes the TCP connection first.
@@ -266,7 +272,7 @@ impl ConnHandle {
         } else if self.quiet.get() {
             outbox.release_buffers();
         }
-        true
+        None
     }
 
     /// Marks the connection as off the worker's list of connections to send.
@@ -588,39 +594,40 @@ async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: By
     }
 }
 
-/// Runs the writer task: sends whatever is queued, one `writev` per batch, until the
-/// connection ends or the outbox is empty.
-async fn write_loop(handle: Rc<ConnHandle>, worker: Rc<Worker>) {
-    write_until_idle(&handle, &worker).await;
+/// Runs the writer task: sends `segments`, then whatever is queued, one `writev` per batch,
+/// until the connection ends or the outbox is empty.
+async fn write_loop(handle: Rc<ConnHandle>, worker: Rc<Worker>, segments: Vec<Bytes>) {
+    write_until_idle(&handle, &worker, segments).await;
     handle.writer_running.set(false);
     handle.writer_done.notify_one();
 }
 
-async fn write_until_idle(handle: &ConnHandle, worker: &Worker) {
-    let mut segments: Vec<Bytes> = Vec::new();
+async fn write_until_idle(handle: &ConnHandle, worker: &Worker, mut segments: Vec<Bytes>) {
     loop {
         if handle.dead.get() {
             return;
         }
-        if handle.outbox.borrow().is_empty() {
-            if handle.close_after_flush.get() {
-                // RFC 6455 §7.1.1: the server closes the TCP connection first.
-                let _ = handle.stream.shutdown(std::net::Shutdown::Write);
-            } else if handle.quiet.get() {
-                handle.outbox.borrow_mut().release_buffers();
+        if segments.is_empty() {
+            if handle.outbox.borrow().is_empty() {
+                if handle.close_after_flush.get() {
+                    // RFC 6455 §7.1.1: the server closes the TCP connection first.
+                    let _ = handle.stream.shutdown(std::net::Shutdown::Write);
+                } else if handle.quiet.get() {
+                    handle.outbox.borrow_mut().release_buffers();
+                }
+                // The next queued bytes are sent at once again (see `ConnHandle::wake_writer`).
+                return;
             }
-            // The next queued bytes are sent at once again (see `ConnHandle::wake_writer`).
-            return;
+            let frames = {
+                let mut outbox = handle.outbox.borrow_mut();
+                outbox.take_into(&mut segments);
+                outbox.take_frame_count()
+            };
+            let bytes: usize = segments.iter().map(Bytes::len).sum();
+            let metrics = worker.metrics();
+            metrics.frames_out.add(frames);
+            metrics.bytes_out.add(bytes as u64);
         }
-        let frames = {
-            let mut outbox = handle.outbox.borrow_mut();
-            outbox.take_into(&mut segments);
-            outbox.take_frame_count()
-        };
-        let bytes: usize = segments.iter().map(Bytes::len).sum();
-        let metrics = worker.metrics();
-        metrics.frames_out.add(frames);
-        metrics.bytes_out.add(bytes as u64);
         // While this write is in flight the peer may not be reading: coalesce pongs.
         handle.outbox.borrow_mut().set_coalesce_pongs(true);
         let written = write_all(&handle.stream, &mut segments).await;

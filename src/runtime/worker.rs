@@ -622,6 +622,8 @@ fn check_admission(
 async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
     let mut batch = Vec::with_capacity(INBOX_BATCH);
     while inbox.recv_many(&mut batch, INBOX_BATCH).await > 0 {
+        // Deliveries of one batch to one connection leave in one sendmsg.
+        let hold = worker.hold_sends();
         for message in batch.drain(..) {
             match message {
                 WorkerMsg::Handoff(handoff) => {
@@ -653,6 +655,7 @@ async fn inbox_loop(worker: Rc<Worker>, mut inbox: mpsc::Receiver<WorkerMsg>) {
                 }
             }
         }
+        drop(hold);
     }
 }
 
@@ -661,7 +664,7 @@ pub(crate) const TOKEN_EXPIRED: CloseCode = CloseCode(4001);
 
 impl Worker {
     /// Holds sends until the returned guard is dropped: a connection that gets several
-    /// frames meanwhile (the echoes of one read, the answers to one upstream batch) sends
+    /// frames meanwhile (the echoes of one read, the deliveries of one inbox batch) sends
     /// them in one `sendmsg` instead of one each. The guard must not live across an await,
     /// or other tasks' sends would wait too.
     pub(crate) fn hold_sends(&self) -> SendHold<'_> {
