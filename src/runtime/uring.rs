@@ -178,15 +178,20 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    /// Returns both ends of a loopback TCP connection: a plain peer and a tokio-uring stream.
+    fn connected_pair() -> (std::net::TcpStream, tokio_uring::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let peer = std::net::TcpStream::connect(address).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        (peer, tokio_uring::net::TcpStream::from_std(accepted))
+    }
+
     #[test]
     fn send_now_sends_in_order_until_the_buffer_is_full() {
         use std::io::{IoSlice, Read};
         tokio_uring::start(async {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let address = listener.local_addr().expect("address");
-            let mut peer = std::net::TcpStream::connect(address).expect("connect");
-            let (accepted, _) = listener.accept().expect("accept");
-            let stream = tokio_uring::net::TcpStream::from_std(accepted);
+            let (mut peer, stream) = connected_pair();
 
             let slices = [
                 IoSlice::new(b"one "),
@@ -220,11 +225,7 @@ mod tests {
     #[test]
     fn recv_waiting_takes_queued_bytes() {
         tokio_uring::start(async {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            let address = listener.local_addr().expect("address");
-            let mut peer = std::net::TcpStream::connect(address).expect("connect");
-            let (accepted, _) = listener.accept().expect("accept");
-            let stream = tokio_uring::net::TcpStream::from_std(accepted);
+            let (mut peer, stream) = connected_pair();
 
             let mut buf = bytes::BytesMut::with_capacity(64);
             assert_eq!(recv_waiting(&stream, &mut buf), 0, "nothing sent yet");
