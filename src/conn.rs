@@ -975,7 +975,7 @@ mod tests {
         assert!(out.is_empty());
     }
 
-    /// The queued bytes as `io_slices` describes them, joined.
+    /// Returns the queued bytes as `io_slices` describes them, joined.
     fn described(out: &Outbox, slots: usize) -> Vec<u8> {
         let mut slices = vec![IoSlice::new(&[]); slots];
         let filled = out.io_slices(&mut slices);

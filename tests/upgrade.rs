@@ -400,7 +400,7 @@ fn pending_upgrade_cap_closes_extra_connections() {
         1,
         "max_pending_upgrades = 3\nhandshake_timeout_ms = 5000\n",
     ));
-    // Three connections that started a request and stalled hold every pending slot. (A
+    // Three connections that started a request and stalled take every pending slot. (A
     // connection that sends nothing at all is not accepted for about a second: the listener
     // uses TCP_DEFER_ACCEPT.)
     let idle: Vec<std::net::TcpStream> = (0..3)

@@ -8,8 +8,8 @@
 //!
 //! Ending a connection: after a close frame is queued it is sent and the write side is shut
 //! down (RFC 6455 §7.1.1: the server closes TCP first), and the reader keeps reading and
-//! discarding until the peer's FIN or `close_timeout`, so the kernel never answers unread
-//! data with a reset.
+//! discarding until the peer's FIN or `close_timeout`, so the kernel never sends a reset
+//! for unread data.
 
 use std::cell::{Cell, RefCell};
 use std::io::IoSlice;
@@ -28,8 +28,8 @@ use crate::frame::{CloseCode, OpCode};
 /// Most iovecs passed to one `writev` (Linux IOV_MAX).
 const IOV_MAX: usize = 1024;
 
-/// Maximum number of iovecs passed to one immediate `sendmsg`. One read's echoes fit in a few: small
-/// frames are gathered into one segment and only payloads over
+/// Maximum number of iovecs passed to one immediate `sendmsg`. One read's echoes fit in a
+/// few, because small frames are gathered into one segment and only payloads over
 /// [`crate::conn::INLINE_PAYLOAD_MAX`] get their own.
 const SEND_NOW_IOVECS: usize = 32;
 
@@ -266,13 +266,19 @@ impl ConnHandle {
             worker.metrics().bytes_out.add(bytes as u64);
             return Some(rest);
         }
-        if closing {
+        self.finish_sending(&mut outbox);
+        None
+    }
+
+    /// Ends a round of sending once everything queued has left: after a close frame the write
+    /// side is shut down, and a quiet connection frees the outbox's buffers.
+    fn finish_sending(&self, outbox: &mut Outbox) {
+        if self.close_after_flush.get() {
             // RFC 6455 §7.1.1: the server closes the TCP connection first.
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
         } else if self.quiet.get() {
             outbox.release_buffers();
         }
-        None
     }
 
     /// Marks the connection as off the worker's list of connections to send.
@@ -608,18 +614,13 @@ async fn write_until_idle(handle: &ConnHandle, worker: &Worker, mut segments: Ve
             return;
         }
         if segments.is_empty() {
-            if handle.outbox.borrow().is_empty() {
-                if handle.close_after_flush.get() {
-                    // RFC 6455 §7.1.1: the server closes the TCP connection first.
-                    let _ = handle.stream.shutdown(std::net::Shutdown::Write);
-                } else if handle.quiet.get() {
-                    handle.outbox.borrow_mut().release_buffers();
-                }
-                // The next queued bytes are sent at once again (see `ConnHandle::wake_writer`).
-                return;
-            }
             let frames = {
                 let mut outbox = handle.outbox.borrow_mut();
+                if outbox.is_empty() {
+                    handle.finish_sending(&mut outbox);
+                    // The next queued bytes are sent at once again (see `wake_writer`).
+                    return;
+                }
                 outbox.take_into(&mut segments);
                 outbox.take_frame_count()
             };

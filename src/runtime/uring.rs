@@ -76,7 +76,7 @@ pub fn defer_accept(listener: &socket2::Socket, seconds: u32) -> io::Result<()> 
     let value = libc::c_int::try_from(seconds).unwrap_or(libc::c_int::MAX);
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
         .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: the descriptor belongs to `listener`, borrowed for this call, so it is open;
+    // SAFETY: the descriptor belongs to `listener`, borrowed for this call, so it is open.
     // `value` is a live c_int and `len` is its size, which is what TCP_DEFER_ACCEPT reads.
     let result = unsafe {
         libc::setsockopt(
@@ -188,7 +188,7 @@ mod tests {
     }
 
     #[test]
-    fn send_now_sends_in_order_until_the_buffer_is_full() {
+    fn send_now_until_buffer_full() {
         use std::io::{IoSlice, Read};
         tokio_uring::start(async {
             let (mut peer, stream) = connected_pair();

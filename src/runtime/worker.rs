@@ -688,7 +688,7 @@ impl Worker {
         }
     }
 
-    /// Whether sends are held (see [`Worker::hold_sends`]).
+    /// Returns whether sends are held (see [`Worker::hold_sends`]).
     pub(crate) fn sends_held(&self) -> bool {
         self.hold_depth.get() > 0
     }
