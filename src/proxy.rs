@@ -433,17 +433,22 @@ impl FromStr for IpNet {
 /// trusted, the leftmost is returned. An entry that is not an IP address ends the walk, and
 /// the nearest address already checked (a trusted proxy) is returned.
 ///
-/// `value` is the header value; with several `X-Forwarded-For` fields, join them in order
-/// with commas. Entries may carry a port (`203.0.113.7:5000`, `[2001:db8::1]:443`). The result
+/// `lines` are the values of the `X-Forwarded-For` field lines in the order received. The
+/// walk goes on from the start of one line to the end of the line before, as if the lines
+/// were joined with commas (RFC 9110 §5.3). Entries may carry a port (`203.0.113.7:5000`, `[2001:db8::1]:443`). The result
 /// is in canonical form: an IPv4-mapped IPv6 address comes back as IPv4.
-pub fn client_ip_from_forwarded_for(value: &[u8], peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
+pub fn client_ip_from_forwarded_for(lines: &[&[u8]], peer: IpAddr, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
 
     let mut nearest = peer.to_canonical();
     if !is_trusted(nearest) {
         return nearest;
     }
-    for entry in value.rsplit(|&b| b == b',') {
+    let entries = lines
+        .iter()
+        .rev()
+        .flat_map(|line| line.rsplit(|&b| b == b','));
+    for entry in entries {
         let Some(ip) = parse_forwarded_entry(entry) else {
             return nearest;
         };
@@ -1010,7 +1015,8 @@ mod tests {
     #[test]
     fn forwarded_for_untrusted_peer_is_the_client() {
         let trusted = [net("10.0.0.0/8")];
-        let client = client_ip_from_forwarded_for(b"203.0.113.7", ip("198.51.100.1"), &trusted);
+        let client =
+            client_ip_from_forwarded_for(&[&b"203.0.113.7"[..]], ip("198.51.100.1"), &trusted);
         assert_eq!(client, ip("198.51.100.1"));
     }
 
@@ -1035,7 +1041,7 @@ mod tests {
         ];
         for (header, expected) in cases {
             assert_eq!(
-                client_ip_from_forwarded_for(header, peer, &trusted),
+                client_ip_from_forwarded_for(&[header], peer, &trusted),
                 ip(expected),
                 "X-Forwarded-For: {}",
                 String::from_utf8_lossy(header)
@@ -1046,25 +1052,54 @@ mod tests {
     #[test]
     fn forwarded_for_mapped_peer_matches_ipv4_network() {
         let trusted = [net("10.0.0.0/8")];
-        let client = client_ip_from_forwarded_for(b"203.0.113.7", ip("::ffff:10.0.0.1"), &trusted);
+        let client =
+            client_ip_from_forwarded_for(&[&b"203.0.113.7"[..]], ip("::ffff:10.0.0.1"), &trusted);
         assert_eq!(client, ip("203.0.113.7"));
 
         let untrusted =
-            client_ip_from_forwarded_for(b"203.0.113.7", ip("::ffff:192.0.2.1"), &trusted);
+            client_ip_from_forwarded_for(&[&b"203.0.113.7"[..]], ip("::ffff:192.0.2.1"), &trusted);
         assert_eq!(untrusted, ip("192.0.2.1"), "canonical IPv4 form");
     }
 
     #[test]
     fn forwarded_for_non_utf8_entry_ends_walk() {
         let trusted = [net("10.0.0.0/8")];
-        let client =
-            client_ip_from_forwarded_for(b"203.0.113.7, \xff\xfe", ip("10.0.0.1"), &trusted);
+        let client = client_ip_from_forwarded_for(
+            &[&b"203.0.113.7, \xff\xfe"[..]],
+            ip("10.0.0.1"),
+            &trusted,
+        );
         assert_eq!(client, ip("10.0.0.1"));
     }
 
     #[test]
+    fn forwarded_for_walk_crosses_field_lines() {
+        let trusted = [net("10.0.0.0/8")];
+        let peer = ip("10.0.0.1");
+        let cases: [(&[&[u8]], &str); 6] = [
+            // The nearest proxy added its own line with only trusted hops in it.
+            (
+                &[b"198.51.100.9", b"203.0.113.7", b"10.0.0.2"],
+                "203.0.113.7",
+            ),
+            (&[b"203.0.113.7, 10.0.0.3", b"10.0.0.2"], "203.0.113.7"),
+            (&[b"203.0.113.7", b"198.51.100.9, 10.0.0.2"], "198.51.100.9"),
+            (&[b"10.0.0.4", b"10.0.0.3", b"10.0.0.2"], "10.0.0.4"),
+            (&[b"garbage", b"10.0.0.2"], "10.0.0.2"),
+            (&[], "10.0.0.1"),
+        ];
+        for (lines, expected) in cases {
+            assert_eq!(
+                client_ip_from_forwarded_for(lines, peer, &trusted),
+                ip(expected),
+                "X-Forwarded-For lines: {lines:?}"
+            );
+        }
+    }
+
+    #[test]
     fn forwarded_for_no_trusted_networks_returns_peer() {
-        let client = client_ip_from_forwarded_for(b"203.0.113.7", ip("10.0.0.1"), &[]);
+        let client = client_ip_from_forwarded_for(&[&b"203.0.113.7"[..]], ip("10.0.0.1"), &[]);
         assert_eq!(client, ip("10.0.0.1"));
     }
 }

@@ -78,6 +78,20 @@ fn trusted_forwarded_for_is_the_client_for_ip_limits() {
 }
 
 #[test]
+fn forwarded_for_walk_continues_into_earlier_lines() {
+    let addr = start(config(
+        1,
+        "trusted_proxies = [\"127.0.0.0/8\"]\nupgrade_rate_per_ip = 1\nupgrade_burst_per_ip = 1\n",
+    ));
+    // The nearest proxy added a line of its own naming only a trusted hop.
+    let lines =
+        |client: &str| format!("X-Forwarded-For: {client}\r\nX-Forwarded-For: 127.0.0.9\r\n");
+    assert_eq!(upgrade_status(addr, b"", &lines("192.0.2.20")), 101);
+    assert_eq!(upgrade_status(addr, b"", &lines("192.0.2.20")), 429);
+    assert_eq!(upgrade_status(addr, b"", &lines("192.0.2.21")), 101);
+}
+
+#[test]
 fn untrusted_forwarded_for_is_ignored() {
     let addr = start(config(
         1,

@@ -108,10 +108,50 @@ pub struct Upgrade<'b> {
     pub protocol: Option<&'b str>,
     /// `Host`, or the authority of an absolute-form target (RFC 9112 §3.2.2).
     pub host: &'b str,
-    /// Raw value of the last `X-Forwarded-For` field line. It is the line the nearest proxy
-    /// appended if that proxy adds a line, but proxies that append to the existing line put
-    /// the nearest hop at the end of it instead.
-    pub forwarded_for: Option<&'b [u8]>,
+    /// Raw values of the last `X-Forwarded-For` field lines, in order. A proxy either appends
+    /// its hop to the last line or adds a line, so the nearest hops are at the end.
+    pub forwarded_for: ForwardedFor<'b>,
+}
+
+/// The last [`ForwardedFor::MAX_LINES`] `X-Forwarded-For` field lines of a request, in order,
+/// without copying or allocating. RFC 9110 §5.3 joins repeated field lines into one list with
+/// commas, so together they are the hop list, nearest hop last. Older lines only name hops
+/// further away, and a walk from the right that needs them ends at the nearest trusted hop.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct ForwardedFor<'b> {
+    lines: [&'b [u8]; ForwardedFor::MAX_LINES],
+    len: usize,
+}
+
+impl<'b> ForwardedFor<'b> {
+    /// Lines kept; a request with more keeps the last ones.
+    pub const MAX_LINES: usize = 4;
+
+    fn push(&mut self, value: &'b [u8]) {
+        if self.len == Self::MAX_LINES {
+            self.lines.rotate_left(1);
+            self.len -= 1;
+        }
+        self.lines[self.len] = value;
+        self.len += 1;
+    }
+
+    /// Returns the kept lines, oldest first, or an empty slice when the request has none.
+    pub fn lines(&self) -> &[&'b [u8]] {
+        &self.lines[..self.len]
+    }
+}
+
+impl fmt::Debug for ForwardedFor<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.lines()
+                    .iter()
+                    .map(|line| line.escape_ascii().to_string()),
+            )
+            .finish()
+    }
 }
 
 /// Checks that the request has exactly one `Origin` and that it matches an allowed origin
@@ -146,10 +186,7 @@ impl fmt::Debug for Upgrade<'_> {
             .field("token_source_and_len", &token)
             .field("protocol", &self.protocol)
             .field("host", &self.host)
-            .field(
-                "forwarded_for",
-                &self.forwarded_for.map(<[u8]>::escape_ascii),
-            )
+            .field("forwarded_for", &self.forwarded_for)
             .finish()
     }
 }
@@ -359,7 +396,7 @@ struct Fields<'b> {
     content_length: Option<&'b [u8]>,
     content_length_invalid: bool,
     transfer_encoding: bool,
-    forwarded_for: Option<&'b [u8]>,
+    forwarded_for: ForwardedFor<'b>,
     /// Whether any `Sec-WebSocket-Protocol` field line is present.
     protocol: bool,
     present: token::Present,
@@ -386,7 +423,7 @@ impl<'b> Fields<'b> {
                 }
                 14 if name.eq_ignore_ascii_case("content-length") => fields.add_length(value),
                 15 if name.eq_ignore_ascii_case("x-forwarded-for") => {
-                    fields.forwarded_for = Some(value);
+                    fields.forwarded_for.push(value);
                 }
                 17 if name.eq_ignore_ascii_case("transfer-encoding") => {
                     fields.transfer_encoding = true;
@@ -905,7 +942,21 @@ mod tests {
         assert_eq!(upgrade.token, None);
         assert_eq!(upgrade.protocol, Some("chat"));
         assert_eq!(upgrade.host, "example.com:8443");
-        assert_eq!(upgrade.forwarded_for, Some(&b"192.0.2.7, 198.51.100.2"[..]));
+        assert_eq!(
+            upgrade.forwarded_for.lines(),
+            [&b"10.0.0.1"[..], &b"192.0.2.7, 198.51.100.2"[..]]
+        );
+    }
+
+    #[test]
+    fn forwarded_for_keeps_the_last_lines() {
+        let mut forwarded = ForwardedFor::default();
+        let values: [&[u8]; 6] = [b"1", b"2", b"3", b"4", b"5", b"6"];
+        for value in values {
+            forwarded.push(value);
+        }
+        assert_eq!(forwarded.lines(), &values[6 - ForwardedFor::MAX_LINES..]);
+        assert_eq!(format!("{forwarded:?}"), r#"["3", "4", "5", "6"]"#);
     }
 
     #[test]

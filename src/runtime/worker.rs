@@ -480,7 +480,7 @@ async fn read_upgrade(
             }
             HandshakeStep::Reject(reason) => Some(Err(reason)),
             HandshakeStep::Accept { upgrade, head_len } => Some({
-                client = client_address(shared, client, upgrade.forwarded_for);
+                client = client_address(shared, client, upgrade.forwarded_for.lines());
                 check_admission(shared, &upgrade, client, worker.index).map(
                     |(conn_id, user, token_exp)| {
                         let mut response = Vec::with_capacity(160);
@@ -531,15 +531,13 @@ async fn read_upgrade(
 
 /// Returns the client address for limits and logs: the first untrusted hop of `X-Forwarded-For`
 /// when the connection comes from a trusted proxy, else `peer`.
-fn client_address(shared: &Shared, peer: SocketAddr, forwarded_for: Option<&[u8]>) -> SocketAddr {
+fn client_address(shared: &Shared, peer: SocketAddr, forwarded_for: &[&[u8]]) -> SocketAddr {
     let trusted = &shared.config.trusted_proxies;
-    match forwarded_for {
-        Some(value) if !trusted.is_empty() => {
-            let ip = crate::proxy::client_ip_from_forwarded_for(value, peer.ip(), trusted);
-            SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
-        }
-        _ => peer,
+    if forwarded_for.is_empty() || trusted.is_empty() {
+        return peer;
     }
+    let ip = crate::proxy::client_ip_from_forwarded_for(forwarded_for, peer.ip(), trusted);
+    SocketAddr::new(ip, if ip == peer.ip() { peer.port() } else { 0 })
 }
 
 /// Serves the browser demo page for a plain `GET /`, then closes.
