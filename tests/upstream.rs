@@ -853,3 +853,175 @@ async fn http_backend_throughput_probe() {
         total as f64 / requests as f64
     );
 }
+
+/// How the raw application server below departs from a plain keep-alive exchange.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// Every response has no length and ends when the server closes the connection.
+    CloseDelimited,
+    /// 100 ms after each response, a second, unrequested response with a delivery to the
+    /// same connection follows on the idle connection.
+    StrayResponse,
+    /// 100 ms after each response, `408 Request Timeout` follows on the idle connection,
+    /// which the server closes 2 s later.
+    IdleTimeout408,
+    /// The second request on a connection gets `408` and a close, unread.
+    Reused408,
+}
+
+/// Starts an application server written against raw sockets, for the responses a framework
+/// would not send. It acknowledges each envelope to its connection, like `Mode::Reply`, and counts
+/// the envelopes it processed.
+fn start_raw_app(behaviour: Raw) -> (SocketAddr, Arc<Mutex<usize>>) {
+    let listener = std::net::TcpListener::bind(loopback_any()).expect("bind raw app");
+    let addr = listener.local_addr().expect("raw app address");
+    let processed = Arc::new(Mutex::new(0));
+    let counter = Arc::clone(&processed);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let counter = Arc::clone(&counter);
+            std::thread::spawn(move || serve_raw(stream, behaviour, &counter));
+        }
+    });
+    (addr, processed)
+}
+
+fn serve_raw(mut stream: std::net::TcpStream, behaviour: Raw, processed: &Mutex<usize>) {
+    use std::io::Read;
+    let mut data = Vec::new();
+    let mut requests = 0;
+    loop {
+        let Some(head_end) = data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|at| at + 4)
+        else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&data[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .map_or(0, |value| value.trim().parse().expect("request length"));
+        if data.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        }
+        let body: Vec<u8> = data.drain(..head_end + length).skip(head_end).collect();
+        requests += 1;
+        if behaviour == Raw::Reused408 && requests == 2 {
+            let _ = stream.write_all(
+                b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            );
+            return;
+        }
+        let mut acks = String::new();
+        let mut connection = serde_json::Value::Null;
+        for line in body.split(|&b| b == b'\n').filter(|line| !line.is_empty()) {
+            let envelope: serde_json::Value = serde_json::from_slice(line).expect("envelope");
+            connection = envelope["connection_id"].clone();
+            let ack = serde_json::json!({
+                "connection_id": envelope["connection_id"],
+                "message": {"type": "ack", "id": envelope["message"]["id"]},
+            });
+            acks.push_str(&format!("{ack}\n"));
+            *processed.lock().unwrap() += 1;
+        }
+        if behaviour == Raw::CloseDelimited {
+            let _ = write!(stream, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{acks}");
+            return;
+        }
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{acks}",
+            acks.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        match behaviour {
+            Raw::StrayResponse => {
+                let stray = serde_json::json!({
+                    "connection_id": connection,
+                    "message": {"type": "stray"},
+                });
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{stray}\n",
+                    stray.to_string().len() + 1
+                );
+            }
+            Raw::IdleTimeout408 => {
+                let _ = stream.write_all(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+                std::thread::sleep(Duration::from_secs(2));
+                return;
+            }
+            Raw::CloseDelimited | Raw::Reused408 => {}
+        }
+    }
+}
+
+/// Sends messages one at a time, each after the reply to the previous one, with a pause
+/// between them so the upstream connection sits idle. Returns each reply's type or code.
+async fn answers_with_pauses(addr: SocketAddr, user: &str, count: usize) -> Vec<String> {
+    let mut client = connect_user(addr, user).await;
+    let mut answers = Vec::new();
+    for id in 0..count {
+        client.send(chat_message(id, None)).await.unwrap();
+        let answer = next_json(&mut client).await;
+        assert_eq!(answer["id"], id, "answer for message {id}: {answer}");
+        let kind = answer["type"].as_str().or(answer["code"].as_str());
+        answers.push(kind.unwrap_or_default().to_owned());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    answers
+}
+
+#[tokio::test]
+async fn http_backend_reads_close_delimited_response() {
+    let (app, processed) = start_raw_app(Raw::CloseDelimited);
+    let addr = start(http_config(1, &[format!("http://{app}/")], ""));
+    let answers = answers_with_pauses(addr, "fay", 3).await;
+    assert_eq!(answers, ["ack", "ack", "ack"]);
+    assert_eq!(
+        *processed.lock().unwrap(),
+        3,
+        "each message reached the app once"
+    );
+}
+
+#[tokio::test]
+async fn http_backend_drops_idle_connection_with_stray_bytes() {
+    let (app, processed) = start_raw_app(Raw::StrayResponse);
+    let addr = start(http_config(1, &[format!("http://{app}/")], ""));
+    // A stray response taken as the response to the next batch would ack nothing (its
+    // delivery has no id) and leave each later reply one batch behind.
+    let answers = answers_with_pauses(addr, "gus", 4).await;
+    assert_eq!(answers, ["ack", "ack", "ack", "ack"]);
+    assert_eq!(*processed.lock().unwrap(), 4);
+}
+
+#[tokio::test]
+async fn http_backend_resends_after_idle_timeout_408() {
+    let (app, processed) = start_raw_app(Raw::IdleTimeout408);
+    let addr = start(http_config(1, &[format!("http://{app}/")], ""));
+    let answers = answers_with_pauses(addr, "hal", 3).await;
+    assert_eq!(answers, ["ack", "ack", "ack"]);
+    assert_eq!(*processed.lock().unwrap(), 3);
+}
+
+#[tokio::test]
+async fn http_backend_resends_when_reused_connection_gets_408() {
+    let (app, processed) = start_raw_app(Raw::Reused408);
+    let addr = start(http_config(1, &[format!("http://{app}/")], ""));
+    let answers = answers_with_pauses(addr, "ida", 3).await;
+    assert_eq!(answers, ["ack", "ack", "ack"]);
+    assert_eq!(*processed.lock().unwrap(), 3);
+}

@@ -1216,7 +1216,8 @@ impl Worker {
                     self.apply_deliveries(&response.body);
                     return;
                 }
-                Ok(response) if (400..500).contains(&response.status) => {
+                // 408: the server did not read the request, so another one may take it.
+                Ok(response) if (400..500).contains(&response.status) && response.status != 408 => {
                     if let Some(suppressed) = self.warn_gate() {
                         tracing::warn!(
                             worker = self.index,

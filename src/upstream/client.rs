@@ -69,6 +69,9 @@ impl Connection {
     }
 
     async fn send_inner(&mut self, request: &Request) -> Result<Response, ClientError> {
+        if self.stream.is_some() && !self.idle_and_clean() {
+            self.reset();
+        }
         if self.stream.is_some() {
             match self.exchange(request).await {
                 // Nothing came back on a reused connection: the server most likely closed
@@ -76,6 +79,10 @@ impl Connection {
                 Err(ClientError::Closed | ClientError::Io(_)) if self.buf.is_empty() => {
                     self.reset();
                 }
+                // A server that times out an idle connection may send 408 before closing it.
+                // It never read this request, so the request may be sent again (RFC 9110
+                // §15.5.9).
+                Ok(response) if response.status == 408 => self.reset(),
                 other => return other,
             }
         }
@@ -85,6 +92,26 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         self.stream = Some(stream);
         self.exchange(request).await
+    }
+
+    /// Returns whether the kept-alive connection is still open with nothing waiting to be
+    /// read. Bytes that arrived while no request was in flight belong to no request of ours,
+    /// such as a 408 before an idle close or a faulty server's extra response. Read as the
+    /// next response, they would pair every later request with the wrong response.
+    fn idle_and_clean(&self) -> bool {
+        let Some(stream) = &self.stream else {
+            return false;
+        };
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // The socket is non-blocking, so the peek returns at once.
+        match socket2::SockRef::from(stream).peek(&mut probe) {
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => true,
+            Ok(0) | Err(_) => false,
+            Ok(_) => {
+                tracing::debug!(upstream = %self.url.addr, "dropping a kept-alive application-server connection that sent bytes while idle");
+                false
+            }
+        }
     }
 
     async fn exchange(&mut self, request: &Request) -> Result<Response, ClientError> {
@@ -100,22 +127,25 @@ impl Connection {
             .write_all(&request.body)
             .await
             .map_err(ClientError::Io)?;
+        let mut closed = false;
         loop {
-            if let Some(response) = parse_response(&mut self.buf, MAX_RESPONSE_BODY)? {
+            if let Some(response) = parse_response(&mut self.buf, MAX_RESPONSE_BODY, closed)? {
                 // 1xx interim responses come before the final one.
                 if response.status >= 200 {
                     return Ok(response);
                 }
                 continue;
             }
+            if closed {
+                return Err(ClientError::Closed);
+            }
             self.buf.reserve(16 * 1024);
             let read = stream
                 .read_buf(&mut self.buf)
                 .await
                 .map_err(ClientError::Io)?;
-            if read == 0 {
-                return Err(ClientError::Closed);
-            }
+            // A body without a length ends at the close, so parse once more before failing.
+            closed = read == 0;
         }
     }
 

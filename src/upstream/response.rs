@@ -1,8 +1,9 @@
 //! Parsing an application server's HTTP/1.1 response and the deliveries in its body.
 //!
-//! Bodies are framed by `Content-Length` or `Transfer-Encoding: chunked` (RFC 9112 §6);
-//! a response without either ends at connection close, which this client does not wait for,
-//! so such a response is rejected.
+//! Bodies are framed by `Content-Length` or `Transfer-Encoding: chunked` (RFC 9112 §6). A
+//! response with neither ends when the server closes the connection (RFC 9112 §6.3), so the
+//! caller says whether the connection has closed. Other transfer codings are rejected,
+//! because the body could not be read without decoding them.
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
@@ -18,12 +19,12 @@ pub enum ResponseError {
     BodyTooLarge { max: usize },
     #[error("invalid chunked body")]
     Chunked,
-    #[error("invalid Content-Length")]
+    #[error("invalid Content-Length; it must be decimal digits, the same in every field line")]
     ContentLength,
     #[error("invalid response head")]
     Head,
-    #[error("response without Content-Length or chunked encoding")]
-    NoLength,
+    #[error("unsupported Transfer-Encoding; send Content-Length or `chunked` alone")]
+    TransferCoding,
 }
 
 /// A complete response.
@@ -31,15 +32,18 @@ pub enum ResponseError {
 pub struct Response {
     pub status: u16,
     pub body: Bytes,
-    /// False when the server sent `Connection: close`.
+    /// False when the server sent `Connection: close` or ended the body by closing.
     pub keep_alive: bool,
 }
 
 /// Parses one response from the front of `buf`. Returns `Ok(None)` until it is complete,
-/// then removes it from `buf`. Bodies above `max_body` bytes fail.
+/// then removes it from `buf`. Bodies above `max_body` bytes fail. Pass `closed` once the
+/// server has closed the connection, so that `buf` contains everything it sent. That
+/// completes a response whose body is delimited by the close.
 pub fn parse_response(
     buf: &mut BytesMut,
     max_body: usize,
+    closed: bool,
 ) -> Result<Option<Response>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
@@ -50,26 +54,31 @@ pub fn parse_response(
     };
     let status = parsed.code.ok_or(ResponseError::Head)?;
     let mut content_length = None;
-    let mut chunked = false;
     let mut keep_alive = parsed.version == Some(1);
+    let mut codings = 0usize;
     for header in parsed.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
-            let text =
-                std::str::from_utf8(header.value).map_err(|_| ResponseError::ContentLength)?;
-            let length: usize = text
-                .trim()
-                .parse()
-                .map_err(|_| ResponseError::ContentLength)?;
+            // RFC 9110 §8.6: Content-Length = 1*DIGIT. A sign, a list or a different value
+            // in a second field line makes the body's end ambiguous (RFC 9112 §6.3).
+            let length = parse_length(header.value).ok_or(ResponseError::ContentLength)?;
             if content_length.is_some_and(|known| known != length) {
                 return Err(ResponseError::ContentLength);
             }
             content_length = Some(length);
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = header
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // RFC 9110 §5.3: the field lines form one list. Only `chunked` alone can be read
+            // here: with another coding the dechunked body is still encoded, and without
+            // `chunked` last the body would run to the close (RFC 9112 §6.3).
+            for coding in header.value.split(|&b| b == b',') {
+                let coding = coding.trim_ascii();
+                if coding.is_empty() {
+                    continue;
+                }
+                if !coding.eq_ignore_ascii_case(b"chunked") {
+                    return Err(ResponseError::TransferCoding);
+                }
+                codings += 1;
+            }
         } else if header.name.eq_ignore_ascii_case("connection")
             && header
                 .value
@@ -79,6 +88,11 @@ pub fn parse_response(
             keep_alive = false;
         }
     }
+    // RFC 9112 §7: a sender applies chunked at most once, so a second one is an error.
+    if codings > 1 {
+        return Err(ResponseError::TransferCoding);
+    }
+    let chunked = codings == 1;
 
     // 1xx, 204 and 304 responses have no body (RFC 9112 §6.3).
     let bodiless = status < 200 || status == 204 || status == 304;
@@ -105,7 +119,21 @@ pub fn parse_response(
         }));
     }
     let Some(length) = content_length else {
-        return Err(ResponseError::NoLength);
+        // RFC 9112 §6.3: without either field the body is everything until the close.
+        let body_len = buf.len() - head_len;
+        if body_len > max_body {
+            return Err(ResponseError::BodyTooLarge { max: max_body });
+        }
+        if !closed {
+            return Ok(None);
+        }
+        buf.advance(head_len);
+        let body = buf.split_to(body_len).freeze();
+        return Ok(Some(Response {
+            status,
+            body,
+            keep_alive: false,
+        }));
     };
     if length > max_body {
         return Err(ResponseError::BodyTooLarge { max: max_body });
@@ -123,6 +151,15 @@ pub fn parse_response(
         body,
         keep_alive,
     }))
+}
+
+/// Parses a Content-Length value: decimal digits between optional whitespace.
+fn parse_length(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// Decodes a chunked body; returns the body and the bytes it took, or `None` when partial.
@@ -230,13 +267,18 @@ mod tests {
 
     fn parse(text: &str) -> Result<Option<Response>, ResponseError> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_response(&mut buf, 1024)
+        parse_response(&mut buf, 1024, false)
+    }
+
+    fn parse_closed(text: &str) -> Result<Option<Response>, ResponseError> {
+        let mut buf = BytesMut::from(text.as_bytes());
+        parse_response(&mut buf, 1024, true)
     }
 
     #[test]
     fn parse_content_length_succeeds() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP"[..]);
-        let response = parse_response(&mut buf, 1024).unwrap().unwrap();
+        let response = parse_response(&mut buf, 1024, false).unwrap().unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(&response.body[..], b"hi");
         assert!(response.keep_alive);
@@ -273,11 +315,89 @@ mod tests {
     }
 
     #[test]
-    fn parse_bad_responses_fail() {
-        assert_eq!(
-            parse("HTTP/1.1 200 OK\r\n\r\n").unwrap_err(),
-            ResponseError::NoLength
+    fn parse_body_without_length_ends_at_close() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\r\n{\"to\":\"a\"}\n";
+        assert!(
+            parse(text).unwrap().is_none(),
+            "open connection: more may come"
         );
+        let response = parse_closed(text).unwrap().unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(&response.body[..], b"{\"to\":\"a\"}\n");
+        assert!(!response.keep_alive);
+
+        let empty = parse_closed("HTTP/1.1 202 Accepted\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(empty.body.is_empty());
+        let too_large = format!("HTTP/1.1 200 OK\r\n\r\n{}", "x".repeat(1025));
+        assert_eq!(
+            parse(&too_large).unwrap_err(),
+            ResponseError::BodyTooLarge { max: 1024 }
+        );
+    }
+
+    #[test]
+    fn parse_closed_before_length_is_partial() {
+        let text = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhel";
+        assert!(parse_closed(text).unwrap().is_none());
+        assert!(
+            parse_closed("HTTP/1.1 200 OK\r\nContent-")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn parse_transfer_codings_other_than_chunked_fail() {
+        let cases = [
+            "Transfer-Encoding: gzip, chunked\r\n",
+            "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: chunked, chunked\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n",
+        ];
+        for fields in cases {
+            let text = format!("HTTP/1.1 200 OK\r\n{fields}\r\n0\r\n\r\n");
+            assert_eq!(
+                parse(&text).unwrap_err(),
+                ResponseError::TransferCoding,
+                "{fields}"
+            );
+        }
+        let split =
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: \r\nTransfer-Encoding: Chunked\r\n\r\n0\r\n\r\n";
+        assert!(parse(split).unwrap().is_some());
+    }
+
+    #[test]
+    fn parse_content_length_accepts_digits_only() {
+        for value in [
+            "+5",
+            "-5",
+            "5, 5",
+            "0x5",
+            "",
+            " ",
+            "5 5",
+            "99999999999999999999999",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nContent-Length: {value}\r\n\r\nhello");
+            assert_eq!(
+                parse(&text).unwrap_err(),
+                ResponseError::ContentLength,
+                "Content-Length: {value}"
+            );
+        }
+        let padded = parse("HTTP/1.1 200 OK\r\nContent-Length:  5 \r\n\r\nhello");
+        assert_eq!(&padded.unwrap().unwrap().body[..], b"hello");
+        let repeated =
+            parse("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(&repeated.unwrap().unwrap().body[..], b"hello");
+    }
+
+    #[test]
+    fn parse_bad_responses_fail() {
         assert_eq!(
             parse("HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n").unwrap_err(),
             ResponseError::BodyTooLarge { max: 1024 }
