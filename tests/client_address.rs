@@ -181,10 +181,11 @@ fn proxy_header_from_untrusted_peer_is_refused() {
 #[test]
 fn demo_page_requires_a_well_formed_request() {
     let addr = start(config(1, ""));
-    // Not the demo: these go through the upgrade checks, where `/` is not the WebSocket
-    // path (404) or the version is wrong (505).
-    let cases: [(&[u8], u16); 3] = [
-        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 404),
+    // Not the demo: these go through the upgrade checks, where Host is missing or repeated
+    // (400), `/` is not the WebSocket path (404) or the version is wrong (505).
+    let cases: [(&[u8], u16); 4] = [
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
         (
             b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
             404,

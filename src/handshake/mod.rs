@@ -15,8 +15,8 @@
 //! 2. HTTP version other than 1.1: 505. The version comes first because the meaning of
 //!    everything after the request line depends on it;
 //! 3. method other than `GET`: 405 with `Allow: GET`;
-//! 4. path of the target other than the configured path: 404. The query is ignored;
-//! 5. `Host` missing, repeated or invalid: 400;
+//! 4. `Host` missing, repeated or invalid: 400 (RFC 9112 §3.2);
+//! 5. path of the target other than the configured path: 404. The query is ignored;
 //! 6. a body (`Content-Length` above 0, or any `Transfer-Encoding`), or a malformed or
 //!    conflicting `Content-Length`: 400;
 //! 7. no `websocket` in `Upgrade`, or no `upgrade` in `Connection`: 400;
@@ -212,14 +212,14 @@ pub fn check_request<'b>(
         return Err(RejectReason::MethodNotAllowed);
     }
     let target = TargetParts::split(req.target);
-    if target.path != cfg.path {
-        return Err(RejectReason::PathNotFound {
-            path: Excerpt::new(target.path.as_bytes()),
-        });
-    }
-
+    // RFC 9112 §3.2: a request without exactly one valid Host gets 400, whatever its path.
     let fields = Fields::collect(&req.headers);
     let host = fields.host(target.authority)?;
+    if target.path != cfg.path {
+        return Err(RejectReason::PathNotFound {
+            path: Excerpt::path(target.path.as_bytes()),
+        });
+    }
     fields.check_no_body()?;
 
     // RFC 6455 §4.2.1 items 3 and 4: `Upgrade` contains `websocket` and `Connection`
@@ -843,8 +843,9 @@ mod tests {
                 RejectReason::UnsupportedHttpVersion { major: 1, minor: 0 },
             ),
             (raw("POST /x HTTP/1.1", &[]), RejectReason::MethodNotAllowed),
+            (raw("GET /x HTTP/1.1", &[]), RejectReason::MissingHost),
             (
-                raw("GET /x HTTP/1.1", &[]),
+                raw("GET /x HTTP/1.1", &["Host: a"]),
                 RejectReason::PathNotFound {
                     path: Excerpt::new(b"/x"),
                 },

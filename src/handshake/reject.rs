@@ -215,6 +215,20 @@ impl Excerpt {
         }
     }
 
+    /// Copies the part of a request path that can be shown: up to the first `;`, `%`, `=` or
+    /// `.`. A client that puts its token in the path (`/ws;access_token=...`,
+    /// `/ws%3Faccess_token=...`, `/<JWT>`) does not get it back in the 404 text or the log,
+    /// because a token parameter needs `=` and every JWT contains `.`.
+    pub fn path(path: &[u8]) -> Self {
+        let end = path
+            .iter()
+            .position(|byte| matches!(byte, b';' | b'%' | b'=' | b'.'))
+            .unwrap_or(path.len());
+        let mut excerpt = Self::new(path.get(..end).unwrap_or(path));
+        excerpt.truncated |= end < path.len();
+        excerpt
+    }
+
     /// Returns the bytes kept, at most [`EXCERPT_MAX_BYTES`].
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..usize::from(self.len)).unwrap_or_default()
@@ -383,6 +397,18 @@ mod tests {
             path: Excerpt::new(b"/x\x1b"),
         };
         assert_eq!(reason.to_string(), "no WebSocket endpoint at /x\\x1b");
+        for (path, shown) in [
+            ("/wss", "/wss"),
+            ("/ws;access_token=eyJh.eyJz.c2ln", "/ws..."),
+            ("/ws%3Faccess_token=eyJh.eyJz.c2ln", "/ws..."),
+            (
+                "/eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln",
+                "/eyJhbGciOiJIUzI1NiJ9...",
+            ),
+            ("/chat/access_token=abc", "/chat/access_token..."),
+        ] {
+            assert_eq!(Excerpt::path(path.as_bytes()).to_string(), shown, "{path}");
+        }
         assert_eq!(
             reason.explain(&HandshakeConfig::default()),
             "no WebSocket endpoint at /x\\x1b; connect to /ws"
