@@ -218,3 +218,171 @@ fn load_without_server_exits_one_naming_error() {
     assert!(stdout.contains("refused"), "stdout:\n{stdout}");
     assert!(stderr.contains("no connection to"), "stderr:\n{stderr}");
 }
+
+/// Messages a recycling server echoes on one connection before it closes it with 1001.
+const RECYCLE_AFTER: usize = 20;
+
+/// Starts a WebSocket echo server on raw sockets that closes every connection with 1001
+/// (going away) after [`RECYCLE_AFTER`] echoes, as a server does in a rolling restart. It
+/// records how many messages each connection carried.
+fn start_recycling_server() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind recycling server");
+    let addr = listener.local_addr().expect("server address");
+    let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&carried);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let record = std::sync::Arc::clone(&record);
+            std::thread::spawn(move || {
+                let echoed = serve_recycling(stream);
+                record.lock().unwrap().push(echoed);
+            });
+        }
+    });
+    (addr, carried)
+}
+
+/// Upgrades one connection, echoes [`RECYCLE_AFTER`] messages, then closes with 1001.
+/// Returns the number of messages echoed.
+fn serve_recycling(mut stream: std::net::TcpStream) -> usize {
+    use std::io::{Read, Write};
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return 0,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
+    let key = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_owned())
+        })
+        .expect("Sec-WebSocket-Key");
+    let accept = framegate::handshake::accept_key(&key);
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        std::str::from_utf8(&accept).unwrap()
+    );
+    stream.write_all(response.as_bytes()).expect("write 101");
+    data.drain(..head_end);
+
+    let mut echoed = 0;
+    loop {
+        // Client frames are masked (RFC 6455 §5.3); echo each data frame unmasked.
+        while let Some((opcode, payload, used)) = client_frame_at(&data) {
+            data.drain(..used);
+            if opcode == 0x8 {
+                return echoed;
+            }
+            let mut frame = vec![0x80 | opcode];
+            match payload.len() {
+                len @ 0..=125 => frame.push(len as u8),
+                len => {
+                    frame.push(126);
+                    frame.extend_from_slice(&(len as u16).to_be_bytes());
+                }
+            }
+            frame.extend_from_slice(&payload);
+            if stream.write_all(&frame).is_err() {
+                return echoed;
+            }
+            echoed += 1;
+            if echoed == RECYCLE_AFTER {
+                let _ = stream.write_all(&[0x88, 2, 0x03, 0xe9]);
+                // Wait for the client's close frame or TCP end, then close.
+                let _ = stream.read(&mut chunk);
+                return echoed;
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return echoed,
+            Ok(n) => data.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Decodes one complete masked client frame of at most 64 KiB at the start of `data`:
+/// opcode, unmasked payload and the bytes it took.
+fn client_frame_at(data: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
+    let opcode = data.first()? & 0x0f;
+    let (len, mut at) = match data.get(1)? & 0x7f {
+        126 => (
+            usize::from(u16::from_be_bytes([*data.get(2)?, *data.get(3)?])),
+            4,
+        ),
+        127 => panic!("the test server takes frames up to 64 KiB"),
+        len => (usize::from(len), 2),
+    };
+    let mask = data.get(at..at + 4)?.to_vec();
+    at += 4;
+    let payload = data.get(at..at + len)?;
+    let unmasked = payload
+        .iter()
+        .enumerate()
+        .map(|(index, byte)| byte ^ mask[index % 4])
+        .collect();
+    Some((opcode, unmasked, at + len))
+}
+
+#[test]
+fn load_keeps_sending_after_server_recycles_connections() {
+    let (addr, carried) = start_recycling_server();
+    let summary_file = SummaryFile::new("recycle");
+    let started = Instant::now();
+    let summary = run_load(
+        &strings(&[
+            &format!("ws://{addr}/"),
+            "--no-auth",
+            "--raw",
+            "--connections",
+            "2",
+            "--window",
+            "8",
+            "--duration",
+            "2",
+        ]),
+        &summary_file,
+    );
+    let took = started.elapsed();
+
+    // Each connection ends after RECYCLE_AFTER echoes with messages still in flight. A
+    // reconnected user must use its whole window again, so every connection carries messages.
+    let carried = carried.lock().unwrap().clone();
+    let handshakes = count(&summary["handshakes"]);
+    assert!(handshakes >= 4, "too few reconnects: {summary:#}");
+    let idle = carried.iter().filter(|&&echoed| echoed == 0).count();
+    assert!(
+        idle <= 2,
+        "connections that carried no message (at most the last of each user): {carried:?}"
+    );
+    // Every connection but the last of each user ended with the server's 1001.
+    assert!(
+        count(&summary["close_codes"]["1001"]) >= handshakes - 2,
+        "{summary:#}"
+    );
+    // Messages in flight at each close are lost, at most one window per connection.
+    let lost = count(&summary["errors"]["lost"]);
+    assert!(lost <= 8 * handshakes, "{summary:#}");
+    assert_eq!(
+        count(&summary["received"]["messages"]) + lost,
+        count(&summary["sent"]["messages"]),
+        "every message was echoed or counted as lost: {summary:#}"
+    );
+    // The run ends at its deadline: no drain waits for messages of closed connections.
+    assert!(
+        took < Duration::from_secs(4),
+        "ran {took:?}, the drain timeout is 5 s"
+    );
+}

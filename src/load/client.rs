@@ -71,6 +71,9 @@ enum Role {
 enum Expect {
     /// The echo (echo scenario) or the delivery to the peer (relay scenario).
     Reply,
+    /// A reply, as above, to a message written outside the schedule or window (the valid
+    /// part of an over-rate burst). It is matched and counted but adds no latency sample.
+    UntimedReply,
     /// An error frame with this code.
     Error(&'static str),
 }
@@ -104,10 +107,6 @@ struct PendingSet {
 impl PendingSet {
     fn len(&self) -> usize {
         self.len
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// Adds the entry for `seq`. A number above all earlier ones goes to the ring, any other
@@ -182,12 +181,53 @@ impl PendingSet {
 }
 
 /// Messages of one user that await a response.
+///
+/// A message whose connection (or, in the relay scenario, whose recipient's connection)
+/// ended may never get its response. Such messages become orphans: they still match a
+/// response that arrives late, but they no longer count against the window or hold up the
+/// drain, and those still unmatched when the user finishes count as lost.
 #[derive(Debug, Default)]
 struct Book {
     pending: PendingSet,
     /// Sequence numbers of messages whose error frame carries no id, oldest first. The server
     /// handles one connection's messages in order, so such a frame belongs to the oldest.
     without_id: VecDeque<u64>,
+    /// Messages with a lower sequence number are orphans.
+    orphan_below: u64,
+    /// Entries of `pending` below `orphan_below`.
+    orphans: usize,
+}
+
+impl Book {
+    /// Returns the number of messages that await a response and are not orphans.
+    fn outstanding(&self) -> usize {
+        self.pending.len() - self.orphans
+    }
+
+    /// Removes and returns the entry for `seq`.
+    fn remove(&mut self, seq: u64) -> Option<Pending> {
+        let found = self.pending.remove(seq);
+        if found.is_some() && seq < self.orphan_below {
+            self.orphans -= 1;
+        }
+        found
+    }
+
+    /// Makes every message sent so far an orphan. `next_seq` is the user's next sequence
+    /// number.
+    fn orphan_all(&mut self, next_seq: u64) {
+        self.orphan_below = next_seq;
+        self.orphans = self.pending.len();
+    }
+
+    /// Forgets every pending message and returns how many there were.
+    fn clear(&mut self) -> usize {
+        let lost = self.pending.len();
+        self.pending.clear();
+        self.without_id.clear();
+        self.orphans = 0;
+        lost
+    }
 }
 
 /// One virtual user; it outlives its connections, so responses that arrive after a reconnect
@@ -311,12 +351,15 @@ impl Worker {
             let user = build_user(&config, user_index);
             users.insert(user_index, Rc::new(user));
         }
-        let seed = config.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         Self {
             config,
             users,
             stats: RefCell::new(Stats::new()),
-            rng: RefCell::new(SmallRng::seed_from_u64(seed)),
+            // Keys and masks come from a generator seeded by the operating system in every
+            // run, not from --seed, so they differ between runs as RFC 6455 §5.3 and §4.1
+            // ask. It is not a cryptographic generator, which a load test does not need.
+            // The seed still fixes which faults are injected and when.
+            rng: RefCell::new(SmallRng::from_os_rng()),
             open: Cell::new(0),
             next_source: Cell::new(index),
         }
@@ -510,7 +553,11 @@ async fn connect(
                     stats.errors.connect += 1;
                     stats.note_error("connect", &err);
                 }
-                UpgradeError::Status(status) => stats.count_http_status(status),
+                UpgradeError::Status { status, .. } => {
+                    tracing::debug!(user = user.index, error = %err, "upgrade rejected");
+                    stats.count_http_status(status);
+                    stats.note_error("upgrade", &err);
+                }
                 UpgradeError::Timeout
                 | UpgradeError::Accept
                 | UpgradeError::Head(_)
@@ -575,8 +622,12 @@ enum UpgradeError {
     Head(wire::HeadError),
     #[error("read failed during the upgrade: {0}")]
     Io(std::io::Error),
-    #[error("upgrade rejected with status {0}")]
-    Status(u16),
+    #[error("upgrade rejected with HTTP {status}{reason}")]
+    Status {
+        status: u16,
+        /// `: ` and the first line of the response body, if one arrived with the head.
+        reason: String,
+    },
     #[error("no complete upgrade response within the connect timeout")]
     Timeout,
 }
@@ -597,7 +648,11 @@ async fn upgrade(
         match wire::parse_response_head(&buf) {
             Ok(Some(head)) => {
                 if head.status != 101 {
-                    return Err(UpgradeError::Status(head.status));
+                    let body = buf.get(head.head_len..).unwrap_or_default();
+                    return Err(UpgradeError::Status {
+                        status: head.status,
+                        reason: reason_excerpt(body),
+                    });
                 }
                 if !wire::accept_matches(key, head.accept.as_deref()) {
                     return Err(UpgradeError::Accept);
@@ -622,6 +677,30 @@ async fn upgrade(
             Err(err) => return Err(UpgradeError::Io(err)),
         }
     }
+}
+
+/// Maximum number of characters of a rejection's body quoted in an error.
+const REASON_MAX_CHARS: usize = 200;
+
+/// Returns `: ` and the first line of a rejection's body, cut to [`REASON_MAX_CHARS`] with
+/// control characters escaped, or nothing when the body is empty. Servers such as framegate
+/// put the cause of a rejection there.
+fn reason_excerpt(body: &[u8]) -> String {
+    let line = body.split(|&byte| byte == b'\n').next().unwrap_or_default();
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut excerpt: String = text
+        .chars()
+        .take(REASON_MAX_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().count() > REASON_MAX_CHARS {
+        excerpt.push_str("...");
+    }
+    format!(": {excerpt}")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -657,6 +736,9 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
         user.connected.set(false);
         user.state.notify_waiters();
         worker.open.set(worker.open.get().saturating_sub(1));
+        if !matches!(outcome, Outcome::Done) {
+            connection_lost(&worker, &user);
+        }
 
         match outcome {
             Outcome::Done => break,
@@ -667,14 +749,36 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
 
     user.finished.set(true);
     user.state.notify_waiters();
-    let lost = {
-        let mut book = user.book.borrow_mut();
-        let lost = book.pending.len();
-        book.pending.clear();
-        book.without_id.clear();
-        lost
-    };
+    let lost = user.book.borrow_mut().clear();
     worker.stats.borrow_mut().errors.lost += u64::try_from(lost).unwrap_or(u64::MAX);
+}
+
+/// Settles the messages that a connection of `user` took with it when it ended before the
+/// user was done. Echoes and error frames come back on the sender's connection, so in the
+/// echo scenario they are lost at once. In the relay scenario a delivery can still reach
+/// the peer, so the sender's messages become orphans. When a relay receiver's connection
+/// ends, deliveries in flight to it are gone, so its sender's messages become orphans.
+fn connection_lost(worker: &Worker, user: &User) {
+    match (worker.config.scenario, user.role) {
+        (Scenario::Echo, Role::Sender) => {
+            let lost = user.book.borrow_mut().clear();
+            worker.stats.borrow_mut().errors.lost += u64::try_from(lost).unwrap_or(u64::MAX);
+        }
+        (Scenario::Relay, Role::Sender) => {
+            let mut book = user.book.borrow_mut();
+            book.orphan_all(user.next_seq.get());
+            // Error frames without an id come only on the connection that ended.
+            book.without_id.clear();
+        }
+        (_, Role::Receiver { sender }) => {
+            if let Some(sender) = worker.users.get(&sender) {
+                sender.book.borrow_mut().orphan_all(sender.next_seq.get());
+                // The sender's window has room again.
+                sender.answered.notify_one();
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Runs one connection of `user` until it ends or the user is done, then closes it.
@@ -877,7 +981,7 @@ async fn send_loop(
         while count < MAX_BATCH {
             let intended = match (&config.load, pacer.as_mut()) {
                 (LoadModel::Closed { window }, _) => {
-                    let outstanding = user.book.borrow().pending.len();
+                    let outstanding = user.book.borrow().outstanding();
                     // The book already contains the messages pushed in this batch.
                     if outstanding >= *window as usize {
                         break;
@@ -955,7 +1059,7 @@ async fn send_loop(
         state: None,
     };
     match wait_for(worker, conn, drain_until, answered, || {
-        user.book.borrow().pending.is_empty()
+        user.book.borrow().outstanding() == 0
     })
     .await
     {
@@ -1079,17 +1183,24 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
     let Some(injection) = config.injection.as_ref() else {
         return true;
     };
-    let until = config.deadline + config.drain_timeout;
-    let quiet = || user.book.borrow().pending.is_empty();
+    // Every wait ends at the deadline. A fault whose refill would not end before it is
+    // not sent, so the run ends on time whatever the server's rate.
+    let deadline = config.deadline;
+    let quiet = || user.book.borrow().outstanding() == 0;
     let answered = Wakers {
         answered: Some(&user.answered),
         state: None,
     };
 
-    if wait_for(worker, conn, until, answered, quiet).await == Waited::Ended {
-        return false;
+    if wait_for(worker, conn, deadline, answered, quiet).await != Waited::Met {
+        return !conn.ended();
     }
     let refilled = Instant::now() + injection.refill;
+    if refilled >= deadline {
+        // Hold the connection quiet until the deadline instead of sending unlimited messages.
+        return wait_for(worker, conn, deadline, Wakers::default(), || false).await
+            != Waited::Ended;
+    }
     if wait_for(worker, conn, refilled, Wakers::default(), || false).await == Waited::Ended {
         return false;
     }
@@ -1097,7 +1208,15 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
     let now = Instant::now();
     let mut out = Vec::with_capacity((config.shape.size + 16) * (injection.burst as usize + 1));
     for _ in 0..injection.burst {
-        push_message(worker, user, &mut out, scratch, now, Body::Valid);
+        push_expecting(
+            worker,
+            user,
+            &mut out,
+            scratch,
+            now,
+            Body::Valid,
+            Some(Expect::UntimedReply),
+        );
     }
     push_expecting(
         worker,
@@ -1111,10 +1230,11 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
     worker.stats.borrow_mut().injected.over_rate += 1;
     let _ = write(worker, conn, out).await;
 
+    let until = deadline + config.drain_timeout;
     if wait_for(worker, conn, until, answered, quiet).await == Waited::Ended {
         return false;
     }
-    let refilled = Instant::now() + injection.refill;
+    let refilled = (Instant::now() + injection.refill).min(deadline);
     wait_for(worker, conn, refilled, Wakers::default(), || false).await != Waited::Ended
 }
 
@@ -1344,7 +1464,7 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
             Some(_) => None,
             None => user.book.borrow_mut().without_id.pop_front(),
         };
-        let pending = seq.and_then(|seq| user.book.borrow_mut().pending.remove(seq));
+        let pending = seq.and_then(|seq| user.book.borrow_mut().remove(seq));
         let matched = matches!(pending, Some(Pending { expect: Expect::Error(code), .. }) if code == error.code);
         if !matched {
             tracing::debug!(user = user.index, code = %error.code, "unexpected error frame");
@@ -1368,7 +1488,7 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
         };
         sender.as_ref()
     };
-    let pending = sender.book.borrow_mut().pending.remove(id.seq);
+    let pending = sender.book.borrow_mut().remove(id.seq);
     match pending {
         Some(Pending {
             intended,
@@ -1379,6 +1499,10 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
                 .borrow_mut()
                 .record_latency(now.saturating_duration_since(intended));
         }
+        Some(Pending {
+            expect: Expect::UntimedReply,
+            ..
+        }) => {}
         Some(Pending {
             expect: Expect::Error(_),
             ..
@@ -1453,8 +1577,52 @@ mod tests {
     fn code(pending: Option<Pending>) -> Option<&'static str> {
         match pending?.expect {
             Expect::Error(code) => Some(code),
-            Expect::Reply => None,
+            Expect::Reply | Expect::UntimedReply => None,
         }
+    }
+
+    #[test]
+    fn reason_excerpt_quotes_first_line() {
+        assert_eq!(
+            reason_excerpt(b"no WebSocket endpoint at /x; connect to /ws\n"),
+            ": no WebSocket endpoint at /x; connect to /ws"
+        );
+        assert_eq!(reason_excerpt(b""), "");
+        assert_eq!(reason_excerpt(b"  \r\n"), "");
+        assert_eq!(reason_excerpt(b"a\x1bb\r\nsecond line"), ": a\\u{1b}b");
+        let long = "x".repeat(REASON_MAX_CHARS + 1);
+        assert_eq!(
+            reason_excerpt(long.as_bytes()),
+            format!(": {}...", &long[..REASON_MAX_CHARS])
+        );
+    }
+
+    #[test]
+    fn book_orphans_leave_the_window() {
+        let mut book = Book::default();
+        for seq in 0..4 {
+            book.pending.insert(seq, entry("a"));
+        }
+        book.orphan_all(4);
+        assert_eq!(book.outstanding(), 0);
+        book.pending.insert(4, entry("b"));
+        book.pending.insert(5, entry("b"));
+        assert_eq!(book.outstanding(), 2);
+
+        // A late response still matches an orphan, and the count of orphans follows.
+        assert_eq!(code(book.remove(1)), Some("a"));
+        assert_eq!(book.orphans, 3);
+        assert_eq!(book.outstanding(), 2);
+        assert_eq!(code(book.remove(4)), Some("b"));
+        assert_eq!(book.outstanding(), 1);
+        assert_eq!(book.orphans, 3);
+
+        // A second connection end orphans what the first left and what came since.
+        book.orphan_all(6);
+        assert_eq!(book.outstanding(), 0);
+        assert_eq!(book.orphans, 4);
+        assert_eq!(book.clear(), 4, "unmatched orphans are lost");
+        assert_eq!(book.outstanding(), 0);
     }
 
     #[test]
@@ -1467,7 +1635,7 @@ mod tests {
         for seq in 10..20 {
             assert_eq!(code(set.remove(seq)), Some("a"));
         }
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 0);
         assert!(set.ring.is_empty());
         assert_eq!(code(set.remove(10)), None, "removed twice");
     }
@@ -1485,7 +1653,7 @@ mod tests {
         // The front moved past the gap to the oldest entry still pending.
         assert_eq!(set.first_seq, 4);
         assert_eq!(code(set.remove(4)), Some("four"));
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 0);
 
         // A number below the front goes to the map and is still found.
         set.insert(100, entry("hundred"));
@@ -1493,7 +1661,7 @@ mod tests {
         assert_eq!(set.len(), 2);
         assert_eq!(code(set.remove(50)), Some("fifty"));
         assert_eq!(code(set.remove(100)), Some("hundred"));
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 0);
     }
 
     #[test]
@@ -1508,7 +1676,7 @@ mod tests {
         }
         assert_eq!(set.len(), 1);
         assert_eq!(code(set.remove(0)), Some("lost"));
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 0);
     }
 
     #[test]
@@ -1523,7 +1691,7 @@ mod tests {
         assert_eq!(code(set.remove(0)), Some("near"));
         set.insert(7, entry("again"));
         set.clear();
-        assert!(set.is_empty());
+        assert_eq!(set.len(), 0);
         assert_eq!(code(set.remove(7)), None);
     }
 }

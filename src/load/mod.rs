@@ -173,7 +173,8 @@ pub struct LoadArgs {
     #[arg(long, value_name = "RATIO", default_value_t = 0.0)]
     pub invalid_ratio: f64,
 
-    /// Seed for fault choice and masking keys, so a run can be repeated.
+    /// Seed for the choice of faults, so a run injects the same ones again. Masking keys and
+    /// handshake nonces are random in every run.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub seed: u64,
 
@@ -356,6 +357,7 @@ pub fn main(args: LoadArgs) -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 
@@ -389,6 +391,17 @@ pub fn main(args: LoadArgs) -> ExitCode {
 /// Plans, runs and summarizes one load run.
 pub fn run(args: &LoadArgs) -> Result<stats::Summary, LoadError> {
     let setup = prepare(args)?;
+    // Opened before the run, so a path that cannot be written fails at once and does not
+    // throw away a finished run.
+    let json_file = match &args.json {
+        Some(path) => Some(
+            std::fs::File::create(path).map_err(|source| LoadError::WriteJson {
+                path: path.clone(),
+                source,
+            })?,
+        ),
+        None => None,
+    };
     raise_file_limit(args.connections);
     crate::runtime::probe().map_err(LoadError::IoUring)?;
 
@@ -444,12 +457,18 @@ pub fn run(args: &LoadArgs) -> Result<stats::Summary, LoadError> {
 
     let elapsed = config.deadline.saturating_duration_since(config.epoch);
     let summary = total.summary(setup.info, elapsed, config.steady_window());
-    if let Some(path) = &args.json {
+    if let (Some(path), Some(mut file)) = (&args.json, json_file) {
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
-        std::fs::write(path, text + "\n").map_err(|source| LoadError::WriteJson {
-            path: path.clone(),
-            source,
-        })?;
+        if let Err(source) = std::io::Write::write_all(&mut file, (text + "\n").as_bytes()) {
+            // The summary still reaches stdout.
+            eprintln!(
+                "error: {}",
+                LoadError::WriteJson {
+                    path: path.clone(),
+                    source
+                }
+            );
+        }
     }
     Ok(summary)
 }
@@ -583,7 +602,21 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
         ));
     }
     let duration = seconds("duration", args.duration)?;
+    if duration.is_zero() {
+        return Err(option_error(
+            "duration",
+            args.duration,
+            "expected more than 0 seconds of load after the ramp",
+        ));
+    }
     let connect_timeout = seconds("connect-timeout", args.connect_timeout)?;
+    if connect_timeout.is_zero() {
+        return Err(option_error(
+            "connect-timeout",
+            args.connect_timeout,
+            "expected more than 0 seconds, or every connect would time out",
+        ));
+    }
     let drain_timeout = seconds("drain-timeout", args.drain_timeout)?;
     let close_timeout = seconds("close-timeout", args.close_timeout)?;
 
@@ -620,6 +653,19 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
         Some(list) => plan::parse_source_addrs(list)?,
         None => Vec::new(),
     };
+    if let Some(other) = source_addrs
+        .iter()
+        .find(|source| source.is_ipv4() != addr.is_ipv4())
+    {
+        return Err(option_error(
+            "source-addrs",
+            other,
+            &format!(
+                "the target {addr} is IPv{}; give source addresses of the same family",
+                if addr.is_ipv4() { 4 } else { 6 }
+            ),
+        ));
+    }
 
     let senders = match args.scenario {
         Scenario::Echo => (0..args.connections)
@@ -756,13 +802,13 @@ fn injection_plan(args: &LoadArgs, load: LoadModel) -> Result<Option<InjectionPl
     } else {
         Duration::ZERO
     };
-    if let (LoadModel::Closed { window }, true) = (load, args.server_rate_per_sec > 0)
-        && window > args.server_burst
-    {
+    // A closed loop sends each message as soon as the previous response arrives, so its
+    // rate per connection has no bound and valid messages would be rate limited too.
+    if let (LoadModel::Closed { window }, true) = (load, args.server_rate_per_sec > 0) {
         return Err(option_error(
             "window",
             window,
-            "with --invalid-ratio the window must not exceed --server-burst, or valid messages would be rate limited",
+            "with --invalid-ratio against a rate-limited server, use an open loop (--rate, at most half of --server-rate-per-sec per connection), or pass --server-rate-per-sec 0 if the server has no rate limit",
         ));
     }
     Ok(Some(InjectionPlan {
@@ -789,6 +835,20 @@ fn token_source(args: &LoadArgs, duration: Duration) -> Result<TokenSource, Load
         let tokens = tokens::parse_token_file(&text);
         if tokens.is_empty() {
             return Err(LoadError::TokenFileEmpty { path: path.clone() });
+        }
+        // Tokens are used in turn, so with fewer tokens than connections some users share
+        // an id. In the relay scenario a delivery then goes to every connection of that
+        // user, and the copies do not match.
+        if args.scenario == Scenario::Relay && tokens.len() < args.connections as usize {
+            return Err(option_error(
+                "token-file",
+                path.display(),
+                &format!(
+                    "the file has {} tokens, and the relay scenario needs one per connection ({}), each for a different user",
+                    tokens.len(),
+                    args.connections
+                ),
+            ));
         }
         return Ok(TokenSource::File { tokens });
     }
@@ -890,9 +950,17 @@ mod tests {
 
     #[test]
     fn injection_plan_follows_server_limits() {
+        let closed_loop = ["--invalid-ratio", "0.2", "--server-rate-per-sec", "100"];
+        assert!(
+            prepare(&parse(&closed_loop)).is_err(),
+            "closed loop is rate limited"
+        );
+
         let setup = prepare(&parse(&[
             "--invalid-ratio",
             "0.2",
+            "--rate",
+            "10",
             "--server-rate-per-sec",
             "100",
             "--server-burst",

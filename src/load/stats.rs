@@ -403,6 +403,17 @@ impl Summary {
                 traffic.bytes_per_sec / 1e6
             );
         }
+        // The rates above divide by the ramp and the duration together. After a ramp, the
+        // rates of the steady window are the ones to compare.
+        let steady = &self.steady;
+        let steady_secs = steady.to_unix_ms.saturating_sub(steady.from_unix_ms) as f64 / 1000.0;
+        if steady_secs + 0.001 < self.elapsed_secs {
+            let _ = writeln!(
+                out,
+                "steady       {:.1} messages received/s, {:.1} handshakes/s in the {:.1} s after the ramp",
+                steady.messages_per_sec, steady.handshakes_per_sec, steady_secs
+            );
+        }
         let _ = writeln!(out, "latency      {}", render_latency(&self.latency_us));
         if let Some(lag) = &self.send_lag_us {
             let _ = writeln!(out, "send lag     {}", render_latency(lag));
@@ -499,6 +510,22 @@ mod tests {
         assert_eq!(steady.messages_per_sec, 250.0);
         assert_eq!(steady.handshakes_per_sec, 2.0);
         assert_eq!(steady.from_unix_ms, 1_000);
+    }
+
+    #[test]
+    fn render_shows_steady_rates_after_ramp() {
+        let mut stats = Stats::new();
+        stats.steady_received = 500;
+        let after_ramp = stats.summary(run_info(), Duration::from_secs(9), window());
+        assert!(
+            after_ramp
+                .render()
+                .contains("steady       250.0 messages received/s, 0.0 handshakes/s in the 2.0 s after the ramp"),
+            "{}",
+            after_ramp.render()
+        );
+        let no_ramp = stats.summary(run_info(), Duration::from_secs(2), window());
+        assert!(!no_ramp.render().contains("steady"));
     }
 
     #[test]

@@ -25,6 +25,10 @@ pub struct WsUrl {
 pub enum UrlError {
     #[error("URL has a fragment; remove the part from `#`")]
     Fragment,
+    #[error(
+        "URL contains a space or control character at byte {at}; percent-encode it (%20 for a space)"
+    )]
+    InvalidCharacter { at: usize },
     #[error("URL has no host; expected ws://host:port/path")]
     HostMissing,
     #[error("URL host {host:?} has an unclosed `[`")]
@@ -37,14 +41,21 @@ pub enum UrlError {
     SchemeUnsupported { scheme: String },
     #[error("URL has user information before `@`; put credentials in a token instead")]
     UserInfo,
+    #[error("URL {url:?} has no scheme; write it as ws://{url}")]
+    SchemeMissing { url: String },
 }
 
 impl WsUrl {
     /// Parses `text` as a `ws://` URL.
     pub fn parse(text: &str) -> Result<Self, UrlError> {
+        // RFC 3986 §2: a URI has no spaces or control characters, and the request line
+        // built from it would be malformed (RFC 9112 §3).
+        if let Some(at) = text.bytes().position(|byte| byte <= b' ' || byte == 0x7f) {
+            return Err(UrlError::InvalidCharacter { at });
+        }
         let Some((scheme, rest)) = text.split_once("://") else {
-            return Err(UrlError::SchemeUnsupported {
-                scheme: String::new(),
+            return Err(UrlError::SchemeMissing {
+                url: text.to_owned(),
             });
         };
         if !scheme.eq_ignore_ascii_case("ws") {
@@ -173,10 +184,12 @@ mod tests {
             ),
             (
                 "h:80/",
-                UrlError::SchemeUnsupported {
-                    scheme: String::new(),
+                UrlError::SchemeMissing {
+                    url: "h:80/".to_owned(),
                 },
             ),
+            ("ws://h/a b", UrlError::InvalidCharacter { at: 8 }),
+            ("ws://h/\tx", UrlError::InvalidCharacter { at: 7 }),
             ("ws:///path", UrlError::HostMissing),
             ("ws://:80/", UrlError::HostMissing),
             (
