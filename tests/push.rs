@@ -1,6 +1,7 @@
 //! The push API on the admin listener: bearer-key authentication, pushes to users owned by
 //! different workers, pushes to and closes of single connections (404 for unknown ids, 410
-//! for closed ones), and disconnects with an application close code.
+//! for closed ones), disconnects with an application close code, users and ids named twice,
+//! and request framing (Content-Length, Transfer-Encoding).
 
 mod util;
 
@@ -376,4 +377,153 @@ fn push_above_max_outbound_bytes_gets_413() {
     let (status, reply) = admin_request(admin, "POST", "/v1/connections/1", Some(KEY), "{}");
     assert_eq!(status, 202, "{reply}");
     assert_eq!(next_payload(&mut client), "{}");
+}
+
+/// Sends a push API request with a raw head, `fields` being whole field lines, and returns
+/// (status, body).
+fn admin_raw(admin: SocketAddr, request_line: &str, fields: &str, body: &str) -> (u16, String) {
+    let request = format!("{request_line}\r\nHost: admin\r\n{fields}\r\n{body}");
+    let response = http_exchange(admin, request.as_bytes());
+    let status = status_of(&response);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn push_to_repeated_user_delivers_once() {
+    let started = push_server(2);
+    let admin = started.admin.expect("admin listener");
+    let mut client = open(started.addr, "hana");
+
+    let body = r#"{"users":["hana","hana","hana"],"message":{"n":1}}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), body);
+    assert_eq!(status, 202, "{reply}");
+    let counts: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(counts["users"], 1);
+    assert_eq!(counts["connections"], 1);
+
+    let body = r#"{"users":["hana"],"message":{"n":2}}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/push", Some(KEY), body);
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(next_text(&mut client)["n"], 1);
+    assert_eq!(
+        next_text(&mut client)["n"],
+        2,
+        "the repeated user got the first message once"
+    );
+}
+
+#[test]
+fn disconnect_repeated_names_counts_once() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let mut first = open(started.addr, "ivan");
+    let mut second = open(started.addr, "jade");
+
+    let body = r#"{"users":["ivan","ivan"]}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/disconnect", Some(KEY), body);
+    assert_eq!(status, 200, "{reply}");
+    let counts: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(counts["users"], 1);
+    assert_eq!(counts["connections"], 1);
+    assert_eq!(first.expect_close(), 4000);
+
+    // With one worker, jade's connection is the second one accepted: id 2.
+    let body = r#"{"connection_ids":[2,2]}"#;
+    let (status, reply) = admin_request(admin, "POST", "/v1/disconnect", Some(KEY), body);
+    assert_eq!(status, 200, "{reply}");
+    let counts: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(counts["users"], 0);
+    assert_eq!(counts["connections"], 1);
+    assert_eq!(second.expect_close(), 4000);
+}
+
+#[test]
+fn push_api_bearer_scheme_any_case() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let _client = open(started.addr, "kira");
+    let body = r#"{"users":["kira"],"message":{}}"#;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let fields = format!(
+            "Authorization: {scheme} {KEY}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        let (status, reply) = admin_raw(admin, "POST /v1/push HTTP/1.1", &fields, body);
+        assert_eq!(status, 202, "{scheme}: {reply}");
+    }
+}
+
+#[test]
+fn push_content_length_framing_errors_get_400() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let body = r#"{"users":["lena"],"message":{}}"#;
+    let n = body.len();
+    let cases = [
+        (
+            format!("Content-Length: +{n}\r\n"),
+            "must be decimal digits",
+        ),
+        (
+            format!("Content-Length: {n}, {n}\r\n"),
+            "must be decimal digits",
+        ),
+        (
+            format!("Content-Length: {n}\r\nContent-Length: 5\r\n"),
+            "appears more than once",
+        ),
+        (
+            format!("Content-Length: 5\r\nContent-Length: {n}\r\n"),
+            "appears more than once",
+        ),
+        (
+            format!("Content-Length: {n}\r\nContent-Length: {n}\r\n"),
+            "appears more than once",
+        ),
+    ];
+    for (length_fields, expected) in cases {
+        let fields = format!("Authorization: Bearer {KEY}\r\n{length_fields}");
+        let (status, reply) = admin_raw(admin, "POST /v1/push HTTP/1.1", &fields, body);
+        assert_eq!(status, 400, "{length_fields:?}: {reply}");
+        assert!(reply.contains(expected), "{length_fields:?}: {reply}");
+    }
+}
+
+#[test]
+fn push_without_content_length_gets_411() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let body = r#"{"users":["mona"],"message":{}}"#;
+    let fields = format!("Authorization: Bearer {KEY}\r\n");
+    for request_line in [
+        "POST /v1/push HTTP/1.1",
+        "POST /v1/disconnect HTTP/1.1",
+        "POST /v1/connections/1 HTTP/1.1",
+    ] {
+        let (status, reply) = admin_raw(admin, request_line, &fields, body);
+        assert_eq!(status, 411, "{request_line}: {reply}");
+        assert!(reply.contains("Content-Length is missing"), "{reply}");
+    }
+
+    let (status, _) = admin_raw(admin, "POST /v1/push HTTP/1.1", "", body);
+    assert_eq!(status, 401, "the key is checked before the body");
+}
+
+#[test]
+fn push_with_transfer_encoding_gets_501() {
+    let started = push_server(1);
+    let admin = started.admin.expect("admin listener");
+    let body = r#"{"users":["nina"],"message":{}}"#;
+    let chunked = format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len());
+    let fields = format!("Authorization: Bearer {KEY}\r\nTransfer-Encoding: chunked\r\n");
+    let (status, reply) = admin_raw(admin, "POST /v1/push HTTP/1.1", &fields, &chunked);
+    assert_eq!(status, 501, "{reply}");
+    assert!(
+        reply.contains("chunked request bodies are not read; send the body with Content-Length"),
+        "{reply}"
+    );
 }

@@ -1,9 +1,12 @@
 //! The admin listener: `/metrics`, `/healthz`, `/readyz` and the push API (`/v1/...`) on a
 //! separate address (default 127.0.0.1:9090), away from the public port.
 //!
-//! Admin traffic is a few requests per scrape interval, so one plain thread with blocking
-//! sockets serves it, one request per connection, and the workers never see it.
+//! Admin traffic is a few requests per scrape interval, so plain threads with blocking
+//! sockets serve it, one request per connection and one thread per request, and the workers
+//! never see it.
 
+use std::collections::HashSet;
+use std::hash::Hash;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -19,12 +22,20 @@ use crate::frame::CloseCode;
 
 /// Largest admin request body (bytes); larger bodies get 413.
 const MAX_ADMIN_BODY: usize = 1 << 20;
-/// Largest admin request head read; longer requests get 431.
+/// Largest admin request head in bytes. Longer heads get 431.
 const MAX_ADMIN_REQUEST: usize = 8192;
-/// Time a client has to send its whole request and read the response.
-const ADMIN_REQUEST_DEADLINE: Duration = Duration::from_secs(2);
-/// Admin requests served at once; more get 503 so a probe never waits behind slow clients.
-const MAX_ADMIN_CONCURRENT: usize = 16;
+/// Maximum header fields in an admin request head. More get 431.
+const MAX_ADMIN_HEADERS: usize = 64;
+/// Time a client has from connecting to sending its whole request head, or it gets 408.
+/// Short, so a connection that sends nothing gives its slot back within a second.
+const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(1);
+/// Time a client has from the end of its request head to sending the whole body, or it
+/// gets 408. It is also the write timeout for the response.
+const ADMIN_BODY_DEADLINE: Duration = Duration::from_secs(2);
+/// Admin requests served at once, one thread each. More get 503, so a probe never waits
+/// behind slow clients. With [`ADMIN_HEAD_DEADLINE`], keeping `/healthz` busy takes this
+/// many connections reopened every second.
+const MAX_ADMIN_CONCURRENT: usize = 128;
 
 /// Serves the bound admin listener on a thread of its own. Returns the bound address.
 pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
@@ -35,28 +46,7 @@ pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resu
             let active = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 match stream {
-                    Ok(mut stream) => {
-                        if active.fetch_add(1, Ordering::Relaxed) >= MAX_ADMIN_CONCURRENT {
-                            active.fetch_sub(1, Ordering::Relaxed);
-                            let _ = stream.set_write_timeout(Some(ADMIN_REQUEST_DEADLINE));
-                            let _ =
-                                respond(&mut stream, &Reply::text(503, "admin listener busy\n"));
-                            continue;
-                        }
-                        let shared = Arc::clone(&shared);
-                        let active = Arc::clone(&active);
-                        let spawned = std::thread::Builder::new()
-                            .name("framegate-admin-req".to_owned())
-                            .spawn(move || {
-                                if let Err(err) = serve(stream, &shared) {
-                                    tracing::debug!(error = %err, "admin request failed");
-                                }
-                                active.fetch_sub(1, Ordering::Relaxed);
-                            });
-                        if spawned.is_err() {
-                            tracing::warn!("cannot start a thread for an admin request");
-                        }
-                    }
+                    Ok(stream) => serve_on_thread(stream, &active, &shared),
                     Err(err) => {
                         tracing::warn!(error = %err, "admin accept failed");
                         std::thread::sleep(Duration::from_millis(50));
@@ -67,109 +57,265 @@ pub(crate) fn start(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resu
     Ok(local)
 }
 
+/// One of the [`MAX_ADMIN_CONCURRENT`] request slots. Dropping it frees the slot, also when
+/// the request thread panics or cannot be started.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `stream` on a thread of its own, or sends 503 when every slot is taken.
+fn serve_on_thread(mut stream: TcpStream, active: &Arc<AtomicUsize>, shared: &Arc<Shared>) {
+    let in_progress = active.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(Arc::clone(active));
+    if in_progress >= MAX_ADMIN_CONCURRENT {
+        drop(slot);
+        let _ = stream.set_write_timeout(Some(ADMIN_BODY_DEADLINE));
+        let busy = Reply::text(
+            503,
+            &format!(
+                "admin listener busy: {MAX_ADMIN_CONCURRENT} requests in progress; retry shortly\n"
+            ),
+        )
+        .with_header("Retry-After: 1");
+        let _ = respond(&mut stream, &busy);
+        return;
+    }
+    let shared = Arc::clone(shared);
+    let spawned = std::thread::Builder::new()
+        .name("framegate-admin-req".to_owned())
+        .spawn(move || {
+            let _slot = slot;
+            if let Err(err) = serve(stream, &shared) {
+                tracing::debug!(error = %err, "admin request failed");
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start a thread for an admin request");
+    }
+}
+
 fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
-    let deadline = Instant::now() + ADMIN_REQUEST_DEADLINE;
-    stream.set_write_timeout(Some(ADMIN_REQUEST_DEADLINE))?;
+    stream.set_write_timeout(Some(ADMIN_BODY_DEADLINE))?;
     let mut data = Vec::with_capacity(512);
     let mut chunk = [0u8; 4096];
-    let head_len = loop {
-        if let Some(at) = data.windows(4).position(|window| window == b"\r\n\r\n") {
-            break at + 4;
+
+    let head_deadline = Instant::now() + ADMIN_HEAD_DEADLINE;
+    let (head, head_len) = loop {
+        let limit = data.len().min(MAX_ADMIN_REQUEST);
+        match parse_head(data.get(..limit).unwrap_or_default()) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) if limit == MAX_ADMIN_REQUEST => {
+                let message =
+                    format!("request head above {MAX_ADMIN_REQUEST} bytes; send a shorter head\n");
+                return reject(&mut stream, &Reply::text(431, &message));
+            }
+            Ok(None) => {}
+            Err(reply) => return reject(&mut stream, &reply),
         }
-        if data.len() > MAX_ADMIN_REQUEST {
-            return respond(&mut stream, &Reply::text(431, "request head too large\n"));
-        }
-        if !read_some(&mut stream, &mut data, &mut chunk, deadline)? {
-            return Ok(());
+        match read_some(&mut stream, &mut data, &mut chunk, head_deadline)? {
+            ReadOutcome::Data => {}
+            ReadOutcome::Closed => return Ok(()),
+            ReadOutcome::TimedOut => {
+                let message = format!(
+                    "request head not received within {} ms of connecting; send the whole head at once\n",
+                    ADMIN_HEAD_DEADLINE.as_millis()
+                );
+                return reject(&mut stream, &Reply::text(408, &message));
+            }
         }
     };
 
-    let Some(head) = parse_head(data.get(..head_len).unwrap_or_default()) else {
-        return respond(&mut stream, &Reply::text(400, "invalid request head\n"));
-    };
-    if head.content_length > MAX_ADMIN_BODY {
-        return respond(
-            &mut stream,
-            &Reply::text(413, "request body above 1048576 bytes\n"),
-        );
+    let body_len = head.content_length.unwrap_or(0);
+    if body_len > MAX_ADMIN_BODY {
+        let message = format!("request body above {MAX_ADMIN_BODY} bytes; send a smaller body\n");
+        return reject(&mut stream, &Reply::text(413, &message));
     }
 
-    let body_end = head_len + head.content_length;
+    let body_end = head_len + body_len;
+    let body_deadline = Instant::now() + ADMIN_BODY_DEADLINE;
     while data.len() < body_end {
-        if !read_some(&mut stream, &mut data, &mut chunk, deadline)? {
-            return Ok(());
+        match read_some(&mut stream, &mut data, &mut chunk, body_deadline)? {
+            ReadOutcome::Data => {}
+            ReadOutcome::Closed => return Ok(()),
+            ReadOutcome::TimedOut => {
+                let message = format!(
+                    "request body not received within {} ms of the head: got {} of {body_len} bytes; send the whole body at once\n",
+                    ADMIN_BODY_DEADLINE.as_millis(),
+                    data.len() - head_len
+                );
+                return reject(&mut stream, &Reply::text(408, &message));
+            }
         }
     }
 
-    let body = data.get(head_len..body_end).unwrap_or_default();
+    let body = head
+        .content_length
+        .map(|_| data.get(head_len..body_end).unwrap_or_default());
     let reply = route(shared, &head, body);
     respond(&mut stream, &reply)
 }
 
-/// Reads once into `data`; false at end of stream or when the deadline has passed. The
-/// deadline covers the whole request, so a byte-at-a-time client cannot hold on.
+/// Logs a request that fails before routing, with the peer and the reply, and sends the
+/// reply.
+fn reject(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_owned(), |peer| peer.to_string());
+    tracing::debug!(
+        peer,
+        status = reply.status,
+        message = reply.body.trim_end(),
+        "admin request rejected"
+    );
+    respond(stream, reply)
+}
+
+/// Result of one read from an admin connection.
+enum ReadOutcome {
+    /// Bytes were appended to the buffer.
+    Data,
+    /// The client closed its side.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// Reads once into `data`. The deadline covers the whole head or the whole body, so a
+/// byte-at-a-time client cannot hold on.
 fn read_some(
     stream: &mut TcpStream,
     data: &mut Vec<u8>,
     chunk: &mut [u8],
     deadline: Instant,
-) -> std::io::Result<bool> {
+) -> std::io::Result<ReadOutcome> {
     let left = deadline.saturating_duration_since(Instant::now());
     if left.is_zero() {
-        return Ok(false);
+        return Ok(ReadOutcome::TimedOut);
     }
     stream.set_read_timeout(Some(left))?;
-    let n = stream.read(chunk)?;
+    let n = match stream.read(chunk) {
+        Ok(n) => n,
+        // A read timeout shows as WouldBlock on Unix and TimedOut on Windows.
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Ok(ReadOutcome::TimedOut);
+        }
+        Err(err) => return Err(err),
+    };
     if n == 0 {
-        return Ok(false);
+        return Ok(ReadOutcome::Closed);
     }
     data.extend_from_slice(chunk.get(..n).unwrap_or_default());
-    Ok(true)
+    Ok(ReadOutcome::Data)
 }
 
 /// The parts of an admin request head that the routes use.
+#[derive(Debug)]
 struct Head {
     method: String,
     path: String,
     authorization: Option<Vec<u8>>,
-    content_length: usize,
+    /// `None` when the request has no Content-Length field, so no body.
+    content_length: Option<usize>,
 }
 
-fn parse_head(bytes: &[u8]) -> Option<Head> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
+/// Parses the request head at the start of `bytes`. Returns `Ok(None)` while the head is
+/// incomplete, the head and its length in bytes once httparse finds its end, and the
+/// error reply for a head that cannot be served. httparse accepts bare LF as well as CRLF
+/// line endings, which RFC 9112 §2.2 allows a recipient to do.
+fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Reply> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_ADMIN_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(bytes) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
+    let head_len = match request.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            let message =
+                format!("more than {MAX_ADMIN_HEADERS} header fields; send fewer fields\n");
+            return Err(Reply::text(431, &message));
+        }
+        Err(err) => {
+            let message = format!("invalid request head: {err}\n");
+            return Err(Reply::text(400, &message));
+        }
+    };
+    let (Some(method), Some(target)) = (request.method, request.path) else {
+        return Err(Reply::text(400, "invalid request head: no request line\n"));
+    };
+
+    // RFC 9112 §6.1: a server SHOULD respond with 501 to a transfer coding it does not
+    // implement.
+    // This listener reads Content-Length bodies only, chunked included.
+    if request
+        .headers
+        .iter()
+        .any(|header| header.name.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        return Err(Reply::text(
+            501,
+            "Transfer-Encoding is not supported: chunked request bodies are not read; send the body with Content-Length\n",
+        ));
     }
-    let method = request.method?.to_owned();
-    let target = request.path?;
-    let path = target.split('?').next().unwrap_or_default().to_owned();
+
     let mut authorization = None;
-    let mut content_length = 0;
+    let mut content_length = None;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("authorization") {
             authorization = Some(header.value.to_vec());
         } else if header.name.eq_ignore_ascii_case("content-length") {
-            content_length = std::str::from_utf8(header.value)
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
-        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            // Only Content-Length bodies are read.
-            return None;
+            // RFC 9110 §8.6 lets a recipient either reject repeated Content-Length fields or
+            // merge identical values. This listener takes the strict choice and rejects any
+            // repeat, also of the same value and also as a list in one field line, because
+            // framing that two parsers could read differently is the start of request
+            // smuggling.
+            if content_length.is_some() {
+                return Err(Reply::text(
+                    400,
+                    "Content-Length appears more than once; send one Content-Length field\n",
+                ));
+            }
+            content_length = Some(parse_content_length(header.value)?);
         }
     }
-    Some(Head {
-        method,
+
+    let path = target.split('?').next().unwrap_or_default().to_owned();
+    let head = Head {
+        method: method.to_owned(),
         path,
         authorization,
         content_length,
-    })
+    };
+    Ok(Some((head, head_len)))
+}
+
+/// Parses a Content-Length value, which must be `1*DIGIT` (RFC 9110 §8.6): no sign, no
+/// spaces inside and no list. httparse has already removed the spaces around the value. A
+/// value too large for `usize` becomes `usize::MAX`, which the body limit rejects with 413.
+fn parse_content_length(value: &[u8]) -> Result<usize, Reply> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        let message = format!(
+            "Content-Length must be decimal digits, got {:?}; send the body length in bytes\n",
+            String::from_utf8_lossy(value)
+        );
+        return Err(Reply::text(400, &message));
+    }
+    let length = std::str::from_utf8(value)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(usize::MAX);
+    Ok(length)
 }
 
 /// A response to write.
+#[derive(Debug)]
 struct Reply {
     status: u16,
     content_type: &'static str,
@@ -207,7 +353,8 @@ impl Reply {
     }
 }
 
-fn route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
+/// Routes a request. `body` is `None` when the request has no Content-Length.
+fn route(shared: &Shared, head: &Head, body: Option<&[u8]>) -> Reply {
     if head.path.starts_with("/v1/") {
         return push_route(shared, head, body);
     }
@@ -258,8 +405,9 @@ struct DisconnectBody {
 /// Close code used when a request does not name one (application range, RFC 6455 §7.4.2).
 const DEFAULT_DISCONNECT_CODE: u16 = 4000;
 
-/// Routes `/v1/...`: off (404) without a key, 401 without the right bearer key.
-fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
+/// Routes `/v1/...`: off (404) without a key, 401 without the right bearer key, 411 for a
+/// POST without Content-Length.
+fn push_route(shared: &Shared, head: &Head, body: Option<&[u8]>) -> Reply {
     let Some(key) = &shared.push_key else {
         let variable = &shared.config.push_api_key_env;
         return Reply::error(
@@ -280,7 +428,7 @@ fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
             return Reply::error(400, "connection id must be a decimal integer");
         };
         return match head.method.as_str() {
-            "POST" => push_connection(shared, id, body),
+            "POST" => body.map_or_else(length_required, |body| push_connection(shared, id, body)),
             "DELETE" => close_connection(shared, id),
             _ => Reply::error(
                 405,
@@ -290,8 +438,10 @@ fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
         };
     }
     match (head.method.as_str(), path) {
-        ("POST", "/v1/push") => push_users(shared, body),
-        ("POST", "/v1/disconnect") => disconnect(shared, body),
+        ("POST", "/v1/push") => body.map_or_else(length_required, |body| push_users(shared, body)),
+        ("POST", "/v1/disconnect") => {
+            body.map_or_else(length_required, |body| disconnect(shared, body))
+        }
         (_, "/v1/push" | "/v1/disconnect") => {
             Reply::error(405, "use POST").with_header("Allow: POST")
         }
@@ -302,6 +452,14 @@ fn push_route(shared: &Shared, head: &Head, body: &[u8]) -> Reply {
     }
 }
 
+/// 411 for a POST whose JSON body the route reads but that has no Content-Length.
+fn length_required() -> Reply {
+    Reply::error(
+        411,
+        "Content-Length is missing; send the JSON body with a Content-Length header (chunked bodies are not supported)",
+    )
+}
+
 /// Parses a connection id: decimal digits only, so no sign, and at most `u64::MAX`.
 fn parse_conn_id(text: &str) -> Option<u64> {
     if text.is_empty() || !text.bytes().all(|byte| byte.is_ascii_digit()) {
@@ -310,11 +468,23 @@ fn parse_conn_id(text: &str) -> Option<u64> {
     text.parse().ok()
 }
 
-/// Compares the bearer token with `key` in time independent of where they differ.
+/// Compares the bearer token with `key` in time independent of where they differ. The
+/// scheme name `Bearer` matches in any case and one or more spaces follow it (RFC 9110
+/// §11.1 and §11.4).
 fn bearer_matches(authorization: Option<&[u8]>, key: &[u8]) -> bool {
-    let Some(token) = authorization.and_then(|value| value.strip_prefix(b"Bearer ")) else {
+    let Some(value) = authorization else {
         return false;
     };
+    let Some(space) = value.iter().position(|&byte| byte == b' ') else {
+        return false;
+    };
+    let (scheme, mut token) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"Bearer") {
+        return false;
+    }
+    while let Some(rest) = token.strip_prefix(b" ") {
+        token = rest;
+    }
     if token.len() != key.len() {
         return false;
     }
@@ -339,7 +509,7 @@ fn push_users(shared: &Shared, body: &[u8]) -> Reply {
     if let Err(reply) = check_frame_size(shared, &frame) {
         return reply;
     }
-    let ops = group_users(shared, request.users)
+    let ops = group_users(shared, unique_in_order(request.users))
         .into_iter()
         .enumerate()
         .filter(|(_, users)| !users.is_empty())
@@ -437,8 +607,9 @@ fn disconnect(shared: &Shared, body: &[u8]) -> Reply {
     }
     let reason = request.reason.unwrap_or_default();
     let reason = crate::conn::truncate_reason(&reason).to_owned();
-    let users = group_users(shared, request.users);
-    let conns = group_conns(shared.inboxes.len(), &request.connection_ids);
+    let users = group_users(shared, unique_in_order(request.users));
+    let connection_ids = unique_in_order(request.connection_ids);
+    let conns = group_conns(shared.inboxes.len(), &connection_ids);
     let ops = users
         .into_iter()
         .zip(conns)
@@ -487,6 +658,16 @@ fn single_connection_reply(status: u16, reply: &AdminReply) -> Reply {
         ConnState::Closed => Reply::error(410, "the connection is closed"),
         ConnState::Unknown => Reply::error(404, "unknown connection id"),
     }
+}
+
+/// Drops repeated items and keeps the first of each in place, so a user or connection named
+/// twice in one request gets one message or close and is counted once.
+fn unique_in_order<T: Eq + Hash + Clone>(items: Vec<T>) -> Vec<T> {
+    let mut seen = HashSet::with_capacity(items.len());
+    items
+        .into_iter()
+        .filter(|item| seen.insert(item.clone()))
+        .collect()
 }
 
 /// Splits `users` by the worker that owns each (the shard ring); index `i` is worker `i`.
@@ -579,10 +760,13 @@ fn respond(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         410 => "Gone",
+        411 => "Length Required",
         413 => "Content Too Large",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        501 => "Not Implemented",
         503 => "Service Unavailable",
         _ => "Error",
     };
@@ -645,6 +829,179 @@ mod tests {
         for text in ["", "abc", "+7", "-7", " 7", "0x7", "18446744073709551616"] {
             assert_eq!(parse_conn_id(text), None, "{text:?}");
         }
+    }
+
+    /// Parses a complete head, panicking with the reply when it is rejected.
+    fn parse_complete(bytes: &[u8]) -> (Head, usize) {
+        match parse_head(bytes) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => panic!("head incomplete: {bytes:?}"),
+            Err(reply) => panic!("head rejected: {reply:?}"),
+        }
+    }
+
+    /// Returns the reply for a head that `parse_head` rejects.
+    fn parse_rejected(bytes: &[u8]) -> Reply {
+        match parse_head(bytes) {
+            Err(reply) => reply,
+            Ok(parsed) => panic!("head accepted: {parsed:?}"),
+        }
+    }
+
+    #[test]
+    fn parse_head_reads_content_length_and_authorization() {
+        let head_text =
+            "POST /v1/push?x=1 HTTP/1.1\r\nAuthorization: Bearer k\r\nContent-Length: 12\r\n\r\n";
+        let (head, len) = parse_complete(format!("{head_text}body").as_bytes());
+        assert_eq!(len, head_text.len());
+        assert_eq!(head.method, "POST");
+        assert_eq!(head.path, "/v1/push");
+        assert_eq!(head.authorization.as_deref(), Some(&b"Bearer k"[..]));
+        assert_eq!(head.content_length, Some(12));
+    }
+
+    #[test]
+    fn parse_head_without_content_length_has_none() {
+        let (head, _) = parse_complete(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(head.content_length, None);
+    }
+
+    #[test]
+    fn parse_head_incomplete_returns_none() {
+        for bytes in [
+            &b""[..],
+            b"GET /healthz HTTP/1.1\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            assert!(matches!(parse_head(bytes), Ok(None)), "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn parse_head_accepts_bare_lf_line_endings() {
+        let bytes = b"GET /healthz HTTP/1.1\nHost: a\n\n";
+        let (head, len) = parse_complete(bytes);
+        assert_eq!(head.path, "/healthz");
+        assert_eq!(len, bytes.len());
+    }
+
+    #[test]
+    fn parse_head_rejects_invalid_request_line() {
+        let reply = parse_rejected(b"GET /healthz HTTP/1.1 x\r\n\r\n");
+        assert_eq!(reply.status, 400);
+        assert!(
+            reply.body.starts_with("invalid request head: "),
+            "{}",
+            reply.body
+        );
+    }
+
+    #[test]
+    fn parse_head_rejects_signed_content_length() {
+        for value in ["+5", "-5", "5 5", "0x5", "5.0", ""] {
+            let head = format!("POST /v1/push HTTP/1.1\r\nContent-Length: {value}\r\n\r\n");
+            let reply = parse_rejected(head.as_bytes());
+            assert_eq!(reply.status, 400, "{value:?}");
+            assert_eq!(
+                reply.body,
+                format!(
+                    "Content-Length must be decimal digits, got {value:?}; send the body length in bytes\n"
+                ),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn parse_head_rejects_repeated_content_length() {
+        let heads = [
+            "POST /v1/push HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n",
+            "POST /v1/push HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 5\r\n\r\n",
+            "POST /v1/push HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n",
+        ];
+        for head in heads {
+            let reply = parse_rejected(head.as_bytes());
+            assert_eq!(reply.status, 400, "{head:?}");
+            assert_eq!(
+                reply.body,
+                "Content-Length appears more than once; send one Content-Length field\n",
+                "{head:?}"
+            );
+        }
+        let reply = parse_rejected(b"POST /v1/push HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n");
+        assert_eq!(
+            reply.status, 400,
+            "a list of identical values is rejected too"
+        );
+    }
+
+    #[test]
+    fn parse_head_content_length_above_usize_is_max() {
+        let (head, _) = parse_complete(
+            b"POST /v1/push HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n",
+        );
+        assert_eq!(head.content_length, Some(usize::MAX));
+    }
+
+    #[test]
+    fn parse_head_rejects_transfer_encoding() {
+        for head in [
+            "POST /v1/push HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /v1/push HTTP/1.1\r\nContent-Length: 5\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+        ] {
+            let reply = parse_rejected(head.as_bytes());
+            assert_eq!(reply.status, 501, "{head:?}");
+            assert!(
+                reply.body.contains("send the body with Content-Length"),
+                "{}",
+                reply.body
+            );
+        }
+    }
+
+    #[test]
+    fn parse_head_rejects_too_many_fields() {
+        let fields = "X-A: 1\r\n".repeat(MAX_ADMIN_HEADERS + 1);
+        let head = format!("GET /healthz HTTP/1.1\r\n{fields}\r\n");
+        assert_eq!(parse_rejected(head.as_bytes()).status, 431);
+    }
+
+    #[test]
+    fn bearer_matches_scheme_in_any_case() {
+        for value in [
+            "Bearer key",
+            "bearer key",
+            "BEARER key",
+            "bEaReR key",
+            "Bearer   key",
+        ] {
+            assert!(bearer_matches(Some(value.as_bytes()), b"key"), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_matches_rejects_wrong_scheme_or_key() {
+        for value in [
+            "Basic key",
+            "Bearerkey",
+            "Bearer",
+            "Bearer ",
+            "Bearer kex",
+            "Bearer key2",
+            "Bearer\tkey",
+            "key",
+        ] {
+            assert!(!bearer_matches(Some(value.as_bytes()), b"key"), "{value:?}");
+        }
+        assert!(!bearer_matches(None, b"key"));
+    }
+
+    #[test]
+    fn unique_in_order_keeps_first_of_each() {
+        let users = ["b", "a", "b", "c", "a"].map(str::to_owned).to_vec();
+        assert_eq!(unique_in_order(users), ["b", "a", "c"]);
+        assert_eq!(unique_in_order(vec![7u64, 7, 3, 7]), [7, 3]);
+        assert!(unique_in_order(Vec::<u64>::new()).is_empty());
     }
 
     #[test]
