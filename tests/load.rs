@@ -245,19 +245,19 @@ fn start_recycling_server() -> (
     (addr, carried)
 }
 
-/// Upgrades one connection, echoes [`RECYCLE_AFTER`] messages, then closes with 1001.
-/// Returns the number of messages echoed.
-fn serve_recycling(mut stream: std::net::TcpStream) -> usize {
+/// Reads an upgrade request from `stream` and answers it with 101. Returns the bytes that
+/// followed the request, or `None` when the client left first.
+fn accept_upgrade(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut data = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
+    let mut chunk = [0u8; 4096];
     let head_end = loop {
         if let Some(at) = data.windows(4).position(|w| w == b"\r\n\r\n") {
             break at + 4;
         }
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return 0,
+            Ok(0) | Err(_) => return None,
             Ok(n) => data.extend_from_slice(&chunk[..n]),
         }
     };
@@ -277,7 +277,17 @@ fn serve_recycling(mut stream: std::net::TcpStream) -> usize {
     );
     stream.write_all(response.as_bytes()).expect("write 101");
     data.drain(..head_end);
+    Some(data)
+}
 
+/// Upgrades one connection, echoes [`RECYCLE_AFTER`] messages, then closes with 1001.
+/// Returns the number of messages echoed.
+fn serve_recycling(mut stream: std::net::TcpStream) -> usize {
+    use std::io::{Read, Write};
+    let Some(mut data) = accept_upgrade(&mut stream) else {
+        return 0;
+    };
+    let mut chunk = [0u8; 16 * 1024];
     let mut echoed = 0;
     loop {
         // Client frames are masked (RFC 6455 §5.3); echo each data frame unmasked.
@@ -385,4 +395,52 @@ fn load_keeps_sending_after_server_recycles_connections() {
         took < Duration::from_secs(4),
         "ran {took:?}, the drain timeout is 5 s"
     );
+}
+
+#[test]
+fn load_fails_broken_server_with_1002() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    // Upgrades one connection, sends a frame with RSV1 set (no extension was agreed, so
+    // RFC 6455 §5.2 makes it a protocol error) and returns what the client sent back.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut data = accept_upgrade(&mut stream).expect("upgrade");
+        stream
+            .write_all(&[0xc1, 2, b'h', b'i'])
+            .expect("write frame");
+        let mut chunk = [0u8; 4096];
+        loop {
+            // The client's messages come first; skip them.
+            while let Some((opcode, payload, used)) = client_frame_at(&data) {
+                if opcode == 0x8 {
+                    return payload;
+                }
+                data.drain(..used);
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return Vec::new(),
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let summary_file = SummaryFile::new("broken");
+    let summary = run_load(
+        &strings(&[
+            &format!("ws://{addr}/"),
+            "--no-auth",
+            "--raw",
+            "--connections",
+            "1",
+            "--duration",
+            "1",
+            "--connect-timeout",
+            "1",
+        ]),
+        &summary_file,
+    );
+    let close = server.join().expect("server thread");
+    assert_eq!(close.get(..2), Some(&[0x03, 0xea][..]), "close code 1002");
+    assert!(count(&summary["errors"]["protocol"]) >= 1, "{summary:#}");
 }

@@ -52,6 +52,9 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// Status code of the close frames the generator sends (RFC 6455 §7.4.1: normal closure).
 const NORMAL_CLOSURE: u16 = 1000;
 
+/// Close code for a peer that broke the protocol (RFC 6455 §7.4.1).
+const PROTOCOL_ERROR: u16 = 1002;
+
 /// Close code framegate sends for a message over its size cap (RFC 6455 §7.4.1).
 const MESSAGE_TOO_BIG: u16 = 1009;
 
@@ -266,15 +269,32 @@ struct Conn {
     close_sent: Cell<bool>,
     /// The server closed TCP.
     eof: Cell<bool>,
-    /// A read failed or the server broke the protocol; nothing more is written.
+    /// A read or write failed; nothing more is written.
     failed: Cell<bool>,
+    /// The server broke the protocol. Only the close frame with 1002 that the reader queued
+    /// is written after it.
+    broken: Cell<bool>,
     /// The reader task has returned.
     reader_done: Cell<bool>,
 }
 
 impl Conn {
     fn ended(&self) -> bool {
-        self.server_close.get().is_some() || self.eof.get() || self.failed.get()
+        self.server_close.get().is_some()
+            || self.eof.get()
+            || self.failed.get()
+            || self.broken.get()
+    }
+
+    /// Queues a close frame with 1002 (protocol error) for the writer and stops reading, as
+    /// RFC 6455 §7.1.7 asks of an endpoint that received invalid data.
+    fn fail_protocol(&self, worker: &Worker) {
+        if !self.close_sent.get() {
+            self.close_sent.set(true);
+            let mut control = self.control.borrow_mut();
+            wire::encode_close(&mut control, PROTOCOL_ERROR, worker.mask_key());
+        }
+        self.broken.set(true);
     }
 }
 
@@ -587,6 +607,7 @@ async fn connect(
         close_sent: Cell::new(false),
         eof: Cell::new(false),
         failed: Cell::new(false),
+        broken: Cell::new(false),
         reader_done: Cell::new(false),
     };
     Ok((Rc::new(conn), leftover))
@@ -1296,7 +1317,7 @@ async fn read_loop(
                 Err(err) => {
                     tracing::debug!(user = user.index, error = %err, "server broke the protocol");
                     worker.stats.borrow_mut().errors.protocol += 1;
-                    conn.failed.set(true);
+                    conn.fail_protocol(&worker);
                     finish_reader(&conn);
                     return;
                 }
@@ -1313,7 +1334,7 @@ async fn read_loop(
             let handled = on_frame(&worker, &user, &conn, received_at, frame, &mut fragments);
             if !handled {
                 worker.stats.borrow_mut().errors.protocol += 1;
-                conn.failed.set(true);
+                conn.fail_protocol(&worker);
                 finish_reader(&conn);
                 return;
             }
