@@ -310,6 +310,9 @@ pub struct WorkerMetrics {
     pub messages_delivered: Counter,
     /// Connections that sent no complete request head within `handshake_timeout_ms`.
     pub handshake_timeouts: Counter,
+    /// Connections closed at accept, without a response, because `max_pending_upgrades`
+    /// upgrades were in progress.
+    pub upgrades_dropped: Counter,
     /// Pings the server sent to quiet connections.
     pub pings_sent: Counter,
     /// Connections closed because nothing arrived within `pong_timeout_ms` after a ping.
@@ -361,6 +364,7 @@ impl WorkerMetrics {
             handoffs_in: Counter::new(),
             messages_delivered: Counter::new(),
             handshake_timeouts: Counter::new(),
+            upgrades_dropped: Counter::new(),
             pings_sent: Counter::new(),
             pong_timeouts: Counter::new(),
             upstream_pending: Gauge::new(),
@@ -486,6 +490,7 @@ pub struct Snapshot {
     pub handoffs_in: u64,
     pub messages_delivered: u64,
     pub handshake_timeouts: u64,
+    pub upgrades_dropped: u64,
     pub pings_sent: u64,
     pub pong_timeouts: u64,
     /// Messages queued or in flight to the application servers, per worker.
@@ -569,6 +574,7 @@ pub fn snapshot(workers: &[&WorkerMetrics]) -> Snapshot {
         handoffs_in: 0,
         messages_delivered: 0,
         handshake_timeouts: 0,
+        upgrades_dropped: 0,
         pings_sent: 0,
         pong_timeouts: 0,
         upstream_pending: workers.iter().map(|w| w.upstream_pending.get()).collect(),
@@ -603,6 +609,7 @@ pub fn snapshot(workers: &[&WorkerMetrics]) -> Snapshot {
         add(&mut snap.handoffs_in, &worker.handoffs_in);
         add(&mut snap.messages_delivered, &worker.messages_delivered);
         add(&mut snap.handshake_timeouts, &worker.handshake_timeouts);
+        add(&mut snap.upgrades_dropped, &worker.upgrades_dropped);
         add(&mut snap.pings_sent, &worker.pings_sent);
         add(&mut snap.pong_timeouts, &worker.pong_timeouts);
         add(&mut snap.upstream_forwarded, &worker.upstream_forwarded);
@@ -757,6 +764,11 @@ fn write_snapshot(snap: &Snapshot, ready: bool, out: &mut String) {
             "framegate_handshake_timeouts_total",
             "Connections without a complete request head within handshake_timeout_ms.",
             snap.handshake_timeouts,
+        ),
+        (
+            "framegate_upgrades_dropped_total",
+            "Connections closed at accept without a response because max_pending_upgrades upgrades were in progress.",
+            snap.upgrades_dropped,
         ),
         (
             "framegate_pings_sent_total",
@@ -1241,6 +1253,7 @@ mod tests {
         second.handoffs_in.add(3);
         second.messages_delivered.add(6);
         first.handshake_timeouts.inc();
+        second.upgrades_dropped.add(4);
         second.pings_sent.add(8);
         second.pong_timeouts.inc();
         first.upstream_pending.set(5);
@@ -1441,6 +1454,7 @@ mod tests {
             ("framegate_handoffs_received_total", 3.0),
             ("framegate_messages_delivered_total", 6.0),
             ("framegate_handshake_timeouts_total", 1.0),
+            ("framegate_upgrades_dropped_total", 4.0),
             ("framegate_pings_sent_total", 8.0),
             ("framegate_pong_timeouts_total", 1.0),
             ("framegate_upstream_forwarded_messages_total", 11.0),

@@ -299,6 +299,7 @@ async fn accept_loop(worker: Rc<Worker>, listener: Rc<TcpListener>) {
                     >= worker.shared.config.max_pending_upgrades
                 {
                     pending.fetch_sub(1, Ordering::Relaxed);
+                    worker.metrics().upgrades_dropped.inc();
                     if let Some(suppressed) = worker.warn_gate() {
                         tracing::warn!(worker = worker.index, %peer, suppressed, "max_pending_upgrades reached; closing new connection");
                     }
