@@ -249,9 +249,9 @@ pub enum HandshakeStep<'b> {
     },
     /// More bytes are needed.
     Partial,
-    /// A plain `GET /` without an upgrade while the demo page is enabled: serve the page
-    /// and close.
-    DemoPage,
+    /// A plain `GET /` or `HEAD /` without an upgrade while the demo page is enabled: serve
+    /// the page (for HEAD, its head only, as RFC 9110 §9.3.2 asks) and close.
+    DemoPage { head_only: bool },
     /// Reject with this status, then close.
     Reject(RejectReason),
 }
@@ -280,7 +280,8 @@ impl Handshake {
             Err(err) => return HandshakeStep::Reject(RejectReason::from(err)),
         };
         if demo && is_demo_request(&request) {
-            return HandshakeStep::DemoPage;
+            let head_only = request.method == "HEAD";
+            return HandshakeStep::DemoPage { head_only };
         }
         match handshake::check_request(&request, config) {
             Ok(upgrade) => HandshakeStep::Accept {
@@ -292,7 +293,7 @@ impl Handshake {
     }
 }
 
-/// A well-formed HTTP/1.1 `GET /` (with or without a query) that does not ask for an
+/// A well-formed HTTP/1.1 `GET /` or `HEAD /` (with or without a query) that does not ask for an
 /// upgrade: exactly one `Host`, and no body (`Content-Length` or `Transfer-Encoding`).
 /// Anything else goes through the upgrade checks and gets their precise status.
 fn is_demo_request(request: &crate::http::Request<'_>) -> bool {
@@ -304,7 +305,7 @@ fn is_demo_request(request: &crate::http::Request<'_>) -> bool {
             .filter(|header| header.name.eq_ignore_ascii_case(name))
             .count()
     };
-    request.method == "GET"
+    matches!(request.method, "GET" | "HEAD")
         && path == "/"
         && request.major_version == 1
         && request.minor_version == 1

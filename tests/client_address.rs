@@ -114,6 +114,20 @@ fn demo_page_is_served_at_root() {
     assert_eq!(status_of(&response), 200, "{response}");
     assert!(response.contains("Content-Type: text/html"), "{response}");
     assert!(response.contains("<meta name=\"framegate-path\" content=\"/ws\">"));
+    let head = http_exchange(addr, b"HEAD / HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    assert_eq!(status_of(&head), 200, "{head}");
+    let (head_part, body) = head.split_once("\r\n\r\n").expect("complete head");
+    assert!(body.is_empty(), "HEAD gets no body: {head}");
+    let length = |text: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix("Content-Length: "))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        length(head_part),
+        length(&response),
+        "same length as for GET"
+    );
     let disabled = start(config(1, "demo = false\n"));
     let response = http_exchange(disabled, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n");
     assert_eq!(status_of(&response), 404, "{response}");

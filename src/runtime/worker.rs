@@ -475,8 +475,8 @@ async fn read_upgrade(
         };
         let verdict = match step {
             HandshakeStep::Partial => None,
-            HandshakeStep::DemoPage => {
-                serve_demo_page(stream, &shared.config.path).await;
+            HandshakeStep::DemoPage { head_only } => {
+                serve_demo_page(stream, &shared.config.path, head_only).await;
                 return None;
             }
             HandshakeStep::Reject(reason) => Some(Err(reason)),
@@ -542,7 +542,7 @@ fn client_address(shared: &Shared, peer: SocketAddr, forwarded_for: &[&[u8]]) ->
 }
 
 /// Serves the browser demo page for a plain `GET /`, then closes.
-async fn serve_demo_page(stream: &TcpStream, path: &str) {
+async fn serve_demo_page(stream: &TcpStream, path: &str, head_only: bool) {
     let body = crate::demo::render_index(path);
     let mut response = format!(
         "HTTP/1.1 200 OK\r\nContent-Type: {}\r\nContent-Security-Policy: {}\r\n\
@@ -552,7 +552,9 @@ async fn serve_demo_page(stream: &TcpStream, path: &str) {
         body.len()
     )
     .into_bytes();
-    response.extend_from_slice(body.as_bytes());
+    if !head_only {
+        response.extend_from_slice(body.as_bytes());
+    }
     let (_result, _) = stream.write_all(response).await;
     let _ = stream.shutdown(std::net::Shutdown::Write);
 }
