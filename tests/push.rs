@@ -54,12 +54,7 @@ fn admin_request(
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     let response = String::from_utf8_lossy(&response).into_owned();
-    let status = status_of(&response);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    status_and_body(&response)
 }
 
 fn next_text(client: &mut RawClient) -> serde_json::Value {
@@ -384,12 +379,7 @@ fn push_above_max_outbound_bytes_gets_413() {
 fn admin_raw(admin: SocketAddr, request_line: &str, fields: &str, body: &str) -> (u16, String) {
     let request = format!("{request_line}\r\nHost: admin\r\n{fields}\r\n{body}");
     let response = http_exchange(admin, request.as_bytes());
-    let status = status_of(&response);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    status_and_body(&response)
 }
 
 #[test]

@@ -1228,7 +1228,11 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
 
     let now = Instant::now();
     let mut out = Vec::with_capacity((config.shape.size + 16) * (injection.burst as usize + 1));
-    for _ in 0..injection.burst {
+    // The bucket holds `burst` messages, so the one after them is rejected.
+    let expected = (0..injection.burst)
+        .map(|_| Expect::UntimedReply)
+        .chain([Expect::Error("rate_limited")]);
+    for expect in expected {
         push_expecting(
             worker,
             user,
@@ -1236,18 +1240,9 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
             scratch,
             now,
             Body::Valid,
-            Some(Expect::UntimedReply),
+            Some(expect),
         );
     }
-    push_expecting(
-        worker,
-        user,
-        &mut out,
-        scratch,
-        now,
-        Body::Valid,
-        Some(Expect::Error("rate_limited")),
-    );
     worker.stats.borrow_mut().injected.over_rate += 1;
     let _ = write(worker, conn, out).await;
 

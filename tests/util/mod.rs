@@ -318,7 +318,12 @@ pub fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
         admin,
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\n\r\n").as_bytes(),
     );
-    let status = status_of(&response);
+    status_and_body(&response)
+}
+
+/// Splits an HTTP response into its status code and its body.
+pub fn status_and_body(response: &str) -> (u16, String) {
+    let status = status_of(response);
     let body = response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
