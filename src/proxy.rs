@@ -430,8 +430,9 @@ impl FromStr for IpNet {
 /// socket peer: when the peer is not in `trusted`, its address is the client and the header
 /// is ignored (anyone can send one). Otherwise entries are read from the right, skipping
 /// trusted proxies, and the first untrusted address is the client. When every entry is
-/// trusted, the leftmost is returned. An entry that is not an IP address ends the walk, and
-/// the nearest address already checked (a trusted proxy) is returned.
+/// trusted, the leftmost is returned. Empty entries are skipped. An entry that is not an IP
+/// address ends the walk, and the nearest address already checked (a trusted proxy) is
+/// returned.
 ///
 /// `lines` are the values of the `X-Forwarded-For` field lines in the order received. The
 /// walk goes on from the start of one line to the end of the line before, as if the lines
@@ -449,6 +450,10 @@ pub fn client_ip_from_forwarded_for(lines: &[&[u8]], peer: IpAddr, trusted: &[Ip
         .rev()
         .flat_map(|line| line.rsplit(|&b| b == b','));
     for entry in entries {
+        // RFC 9110 §5.6.1: empty list elements are ignored.
+        if entry.trim_ascii().is_empty() {
+            continue;
+        }
         let Some(ip) = parse_forwarded_entry(entry) else {
             return nearest;
         };
@@ -1024,7 +1029,7 @@ mod tests {
     fn forwarded_for_skips_trusted_hops() {
         let trusted = [net("10.0.0.0/8"), net("2001:db8:ffff::/48")];
         let peer = ip("10.0.0.1");
-        let cases: [(&[u8], &str); 13] = [
+        let cases: [(&[u8], &str); 14] = [
             (b"203.0.113.7", "203.0.113.7"),
             (b"203.0.113.7, 10.0.0.2", "203.0.113.7"),
             (b"1.1.1.1, 203.0.113.7, 10.0.0.2", "203.0.113.7"),
@@ -1034,7 +1039,8 @@ mod tests {
             (b"", "10.0.0.1"),
             (b"203.0.113.7, garbage", "10.0.0.1"),
             (b"1.1.1.1, garbage, 10.0.0.2", "10.0.0.2"),
-            (b"203.0.113.7, ", "10.0.0.1"),
+            (b"203.0.113.7, ", "203.0.113.7"),
+            (b"203.0.113.7, , 10.0.0.2,", "203.0.113.7"),
             (b"203.0.113.7:5000", "203.0.113.7"),
             (b"[2001:db8::7]:443, 2001:db8:ffff::2", "2001:db8::7"),
             (b"[2001:db8::7], ::ffff:10.0.0.9", "2001:db8::7"),
@@ -1076,7 +1082,7 @@ mod tests {
     fn forwarded_for_walk_crosses_field_lines() {
         let trusted = [net("10.0.0.0/8")];
         let peer = ip("10.0.0.1");
-        let cases: [(&[&[u8]], &str); 6] = [
+        let cases: [(&[&[u8]], &str); 7] = [
             // The nearest proxy added its own line with only trusted hops in it.
             (
                 &[b"198.51.100.9", b"203.0.113.7", b"10.0.0.2"],
@@ -1086,6 +1092,7 @@ mod tests {
             (&[b"203.0.113.7", b"198.51.100.9, 10.0.0.2"], "198.51.100.9"),
             (&[b"10.0.0.4", b"10.0.0.3", b"10.0.0.2"], "10.0.0.4"),
             (&[b"garbage", b"10.0.0.2"], "10.0.0.2"),
+            (&[b"203.0.113.7", b""], "203.0.113.7"),
             (&[], "10.0.0.1"),
         ];
         for (lines, expected) in cases {

@@ -850,6 +850,23 @@ fn token_source(args: &LoadArgs, duration: Duration) -> Result<TokenSource, Load
                 ),
             ));
         }
+        if args.scenario == Scenario::Relay {
+            let mut seen = std::collections::HashSet::new();
+            if let Some(repeated) = tokens
+                .iter()
+                .take(args.connections as usize)
+                .filter_map(|token| tokens::unverified_sub(token))
+                .find(|sub| !seen.insert(sub.clone()))
+            {
+                return Err(option_error(
+                    "token-file",
+                    path.display(),
+                    &format!(
+                        "two tokens have the sub {repeated:?}, and the relay scenario needs a different user for each connection"
+                    ),
+                ));
+            }
+        }
         return Ok(TokenSource::File { tokens });
     }
 
@@ -903,6 +920,31 @@ mod tests {
         let mut argv = vec!["load", "ws://127.0.0.1:9/ws", "--no-auth"];
         argv.extend_from_slice(extra);
         Cli::try_parse_from(argv).unwrap().load
+    }
+
+    #[test]
+    fn relay_token_file_needs_a_user_per_connection() {
+        use base64::Engine as _;
+        let token = |sub: &str| {
+            let claims = format!("{{\"sub\":\"{sub}\"}}");
+            let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(claims);
+            format!("e30.{payload}.sig")
+        };
+        let path = std::env::temp_dir().join(format!("framegate-tokens-{}", std::process::id()));
+        let prepare_with = |lines: &[String]| {
+            std::fs::write(&path, lines.join("\n")).unwrap();
+            let argv = ["load", "ws://127.0.0.1:9/ws", "--scenario", "relay"];
+            let path_arg = path.to_str().unwrap();
+            let extra = ["--connections", "2", "--token-file", path_arg];
+            let args = Cli::try_parse_from(argv.iter().chain(&extra)).unwrap().load;
+            prepare(&args).map(|_| ())
+        };
+        assert!(prepare_with(&[token("ann"), token("bob")]).is_ok());
+        let repeated = prepare_with(&[token("ann"), token("ann")]).unwrap_err();
+        assert!(repeated.to_string().contains("\"ann\""), "{repeated}");
+        let short = prepare_with(&[token("ann")]).unwrap_err();
+        assert!(short.to_string().contains("1 tokens"), "{short}");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

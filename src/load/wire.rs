@@ -290,12 +290,8 @@ impl MessageShape {
 /// Finds the generated id in a reply, an echo or a relayed copy: the `"id":"<conn>-<seq>"`
 /// member of a JSON message, or the leading `<conn>-<seq>` of a raw one.
 pub fn parse_id(payload: &[u8]) -> Option<MessageId> {
-    const MEMBER: &[u8] = b"\"id\":\"";
     let start = if payload.first() == Some(&b'{') {
-        payload
-            .windows(MEMBER.len())
-            .position(|window| window == MEMBER)?
-            + MEMBER.len()
+        id_value_start(payload)?
     } else {
         0
     };
@@ -305,6 +301,40 @@ pub fn parse_id(payload: &[u8]) -> Option<MessageId> {
         .position(|&byte| byte != b'-' && !byte.is_ascii_digit())
         .unwrap_or(rest.len());
     parse_id_bytes(rest.get(..end)?)
+}
+
+/// Returns the offset just inside the opening quote of the first `"id"` member's string
+/// value, allowing JSON whitespace (RFC 8259 §2) around the colon, as servers that
+/// re-serialize a message may add it.
+fn id_value_start(payload: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\"id\"";
+    let is_space = |byte: &u8| matches!(byte, b' ' | b'\t' | b'\n' | b'\r');
+    let mut from = 0;
+    loop {
+        let key = from
+            + payload
+                .get(from..)?
+                .windows(KEY.len())
+                .position(|w| w == KEY)?;
+        let mut at = key + KEY.len();
+        at += payload
+            .get(at..)?
+            .iter()
+            .take_while(|byte| is_space(byte))
+            .count();
+        if payload.get(at) == Some(&b':') {
+            at += 1;
+            at += payload
+                .get(at..)?
+                .iter()
+                .take_while(|byte| is_space(byte))
+                .count();
+            if payload.get(at) == Some(&b'"') {
+                return Some(at + 1);
+            }
+        }
+        from = key + 1;
+    }
 }
 
 /// Parses `<conn>-<seq>`.
@@ -603,6 +633,19 @@ mod tests {
         assert_eq!(parse_id(relayed), Some(ID));
         let echoed = message(&shape(80, false), Body::Valid);
         assert_eq!(parse_id(&echoed), Some(ID));
+    }
+
+    #[test]
+    fn parse_id_allows_whitespace_around_colon() {
+        let expected = Some(MessageId { conn: 3, seq: 41 });
+        assert_eq!(parse_id(br#"{"id": "3-41", "content": "x"}"#), expected);
+        assert_eq!(parse_id(b"{\n  \"id\" :\t\"3-41\"\n}"), expected);
+        assert_eq!(
+            parse_id(br#"{"note":"the \"id\" field","id":"3-41"}"#),
+            expected,
+            "a key-like string in a value is skipped"
+        );
+        assert_eq!(parse_id(br#"{"id": 3}"#), None);
     }
 
     #[test]

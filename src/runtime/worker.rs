@@ -846,7 +846,7 @@ impl Worker {
             .get(user.as_str())
             .map_or(0, |entry| entry.conns.len());
         if user_conns >= cap {
-            tracing::debug!(conn = conn_id, %peer, user = %user.escape_debug(), "per-user connection cap reached");
+            tracing::debug!(conn = conn_id, %peer, user = ?user, "per-user connection cap reached");
             self.shared.release_connection();
             let reason = RejectReason::UserConnectionLimit {
                 max: u32::try_from(cap).unwrap_or(u32::MAX),
@@ -870,9 +870,10 @@ impl Worker {
         metrics.connections_open.inc();
         self.register(&handle);
         // One span per connection: every event inside carries its ids. The user id comes from
-        // the token and may hold any character, so control characters are escaped: a newline
-        // in it cannot start a forged line in the text log format.
-        let span = tracing::debug_span!("conn", conn = conn_id, worker = self.index, %peer, user = %user.escape_debug());
+        // the token and may hold any character, so it is written quoted and escaped (Debug):
+        // a newline, a brace or ` key=value` in it cannot forge a line or a field.
+        let span =
+            tracing::debug_span!("conn", conn = conn_id, worker = self.index, %peer, user = ?user);
         tracing::debug!(parent: &span, "connection open");
 
         // The connection gets a task of its own, so that it does not keep the state of the
