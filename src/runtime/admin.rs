@@ -33,8 +33,9 @@ const ADMIN_HEAD_DEADLINE: Duration = Duration::from_secs(1);
 /// gets 408. It is also the write timeout for the response.
 const ADMIN_BODY_DEADLINE: Duration = Duration::from_secs(2);
 /// Admin requests served at once, one thread each. More get 503, so a probe never waits
-/// behind slow clients. With [`ADMIN_HEAD_DEADLINE`], keeping `/healthz` busy takes this
-/// many connections reopened every second.
+/// behind slow clients. Only a client with the push key gets time for a body, so for any
+/// other client, with [`ADMIN_HEAD_DEADLINE`], keeping `/healthz` busy takes this many
+/// connections reopened every second.
 const MAX_ADMIN_CONCURRENT: usize = 128;
 
 /// Serves the bound admin listener on a thread of its own. Returns the bound address.
@@ -135,7 +136,21 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         return reject(&mut stream, &Reply::text(413, &message));
     }
 
+    // Only the push API reads a body, and only from a client with the key, so a client
+    // without it keeps a slot no longer than the head deadline.
+    if !head.path.starts_with("/v1/") {
+        return respond(&mut stream, &route(shared, &head, None));
+    }
+    if let Some(reply) = push_auth_error(shared, &head) {
+        return respond(&mut stream, &reply);
+    }
+
     let body_end = head_len + body_len;
+    if head.expect_continue && data.len() < body_end {
+        // RFC 9110 §10.1.1: a client that sent `Expect: 100-continue` may wait for this
+        // interim response before it sends the body.
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+    }
     let body_deadline = Instant::now() + ADMIN_BODY_DEADLINE;
     while data.len() < body_end {
         match read_some(&mut stream, &mut data, &mut chunk, body_deadline)? {
@@ -225,6 +240,8 @@ struct Head {
     authorization: Option<Vec<u8>>,
     /// `None` when the request has no Content-Length field, so no body.
     content_length: Option<usize>,
+    /// The request carries `Expect: 100-continue`.
+    expect_continue: bool,
 }
 
 /// Parses the request head at the start of `bytes`. Returns `Ok(None)` while the head is
@@ -252,8 +269,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Reply> {
     };
 
     // RFC 9112 §6.1: a server SHOULD respond with 501 to a transfer coding it does not
-    // implement.
-    // This listener reads Content-Length bodies only, chunked included.
+    // implement. This listener reads Content-Length bodies only, so chunked gets 501 too.
     if request
         .headers
         .iter()
@@ -267,9 +283,15 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Reply> {
 
     let mut authorization = None;
     let mut content_length = None;
+    let mut expect_continue = false;
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("authorization") {
             authorization = Some(header.value.to_vec());
+        } else if header.name.eq_ignore_ascii_case("expect") {
+            expect_continue |= header
+                .value
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue");
         } else if header.name.eq_ignore_ascii_case("content-length") {
             // RFC 9110 §8.6 lets a recipient either reject repeated Content-Length fields or
             // merge identical values. This listener takes the strict choice and rejects any
@@ -292,6 +314,7 @@ fn parse_head(bytes: &[u8]) -> Result<Option<(Head, usize)>, Reply> {
         path,
         authorization,
         content_length,
+        expect_continue,
     };
     Ok(Some((head, head_len)))
 }
@@ -405,21 +428,30 @@ struct DisconnectBody {
 /// Close code used when a request does not name one (application range, RFC 6455 §7.4.2).
 const DEFAULT_DISCONNECT_CODE: u16 = 4000;
 
-/// Routes `/v1/...`: off (404) without a key, 401 without the right bearer key, 411 for a
-/// POST without Content-Length.
-fn push_route(shared: &Shared, head: &Head, body: Option<&[u8]>) -> Reply {
+/// Returns the error reply for a push API request that may not proceed: 404 while the API
+/// is off, 401 without the right bearer key.
+fn push_auth_error(shared: &Shared, head: &Head) -> Option<Reply> {
     let Some(key) = &shared.push_key else {
         let variable = &shared.config.push_api_key_env;
-        return Reply::error(
+        return Some(Reply::error(
             404,
             &format!(
                 "not found: the push API is off because {variable} (push_api_key_env) is unset or empty; set it to enable the API"
             ),
-        );
+        ));
     };
     if !bearer_matches(head.authorization.as_deref(), key.as_bytes()) {
         let mut reply = Reply::error(401, "missing or wrong bearer key for the push API");
         reply.extra_header = Some("WWW-Authenticate: Bearer");
+        return Some(reply);
+    }
+    None
+}
+
+/// Routes `/v1/...`: off (404) without a key, 401 without the right bearer key, 411 for a
+/// POST without Content-Length.
+fn push_route(shared: &Shared, head: &Head, body: Option<&[u8]>) -> Reply {
+    if let Some(reply) = push_auth_error(shared, head) {
         return reply;
     }
     let path = head.path.as_str();
