@@ -1051,7 +1051,8 @@ async fn send_loop(
                     return after_end(worker);
                 }
                 if let Some(pacer) = pacer.as_mut() {
-                    pacer.rebase(Instant::now());
+                    let skipped = pacer.rebase(Instant::now());
+                    worker.stats.borrow_mut().injected.skipped_by_pauses += skipped;
                 }
                 continue;
             }

@@ -67,10 +67,19 @@ impl Pacer {
     }
 
     /// Drops every due time before `now`: the schedule restarts at `now`. Used after a planned
-    /// pause, so messages that were never meant to be sent do not count as late.
-    pub fn rebase(&mut self, now: Instant) {
+    /// pause, so messages that were never meant to be sent do not count as late. Returns the
+    /// number of due times dropped.
+    pub fn rebase(&mut self, now: Instant) -> u64 {
+        let due = self.next_due();
+        let skipped = if now < due || self.interval.is_zero() {
+            0
+        } else {
+            let behind = now.duration_since(due).as_nanos() / self.interval.as_nanos();
+            u64::try_from(behind).unwrap_or(u64::MAX).saturating_add(1)
+        };
         self.start = now;
         self.next = 0;
+        skipped
     }
 }
 
@@ -256,9 +265,12 @@ mod tests {
         let start = Instant::now();
         let mut pacer = Pacer::new(start, Duration::from_millis(10));
         let later = start + Duration::from_secs(1);
-        pacer.rebase(later);
+        // Due at 0, 10, ..., 1000 ms: 101 due times, none sent.
+        assert_eq!(pacer.rebase(later), 101);
         assert_eq!(pacer.pop_due(later), Some(later));
         assert_eq!(pacer.pop_due(later), None);
+        // Only the due time at `later` itself was taken, so nothing is behind yet.
+        assert_eq!(pacer.rebase(later + Duration::from_millis(5)), 0);
     }
 
     #[test]

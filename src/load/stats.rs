@@ -24,12 +24,16 @@ pub struct Injected {
     pub malformed_json: u64,
     /// Messages sent with the rate bucket drained (each expects a `rate_limited` error frame).
     pub over_rate: u64,
+    /// Open loop: scheduled messages not sent because their due time fell in the pauses
+    /// around an over-rate fault, which wait for the server's bucket to refill.
+    pub skipped_by_pauses: u64,
 }
 
 impl Injected {
     fn merge(&mut self, other: &Self) {
         self.oversize += other.oversize;
         self.malformed_json += other.malformed_json;
+        self.skipped_by_pauses += other.skipped_by_pauses;
         self.over_rate += other.over_rate;
     }
 }
@@ -434,6 +438,13 @@ impl Summary {
                 "injected     oversize {}, malformed_json {}, over_rate {}",
                 injected.oversize, injected.malformed_json, injected.over_rate
             );
+            if injected.skipped_by_pauses > 0 {
+                let _ = writeln!(
+                    out,
+                    "skipped      {} scheduled messages, due while over-rate faults waited for the server's bucket to refill",
+                    injected.skipped_by_pauses
+                );
+            }
         }
         let errors = &self.errors;
         let _ = writeln!(
