@@ -464,7 +464,24 @@ impl Summary {
         if let Some(first) = &self.first_error {
             let _ = writeln!(out, "first error  {first}");
         }
+        if let Some(hint) = self.fault_hint() {
+            let _ = writeln!(out, "hint         {hint}");
+        }
         out
+    }
+
+    /// Returns advice when faults were injected but the server answered none of them the way
+    /// framegate does, which means the server is not framegate or its limits differ from the
+    /// `--server-*` options.
+    fn fault_hint(&self) -> Option<&'static str> {
+        let injected = self.injected;
+        let expected_answers = self.close_codes.get(&1009).copied().unwrap_or(0)
+            + self.error_frames.get("invalid_json").copied().unwrap_or(0)
+            + self.error_frames.get("rate_limited").copied().unwrap_or(0);
+        let faults = injected.oversize + injected.malformed_json + injected.over_rate;
+        (faults > 0 && expected_answers == 0).then_some(
+            "no injected fault got its expected answer; --invalid-ratio needs a framegate server whose limits match the --server-* options",
+        )
     }
 }
 
@@ -521,6 +538,26 @@ mod tests {
         assert_eq!(steady.messages_per_sec, 250.0);
         assert_eq!(steady.handshakes_per_sec, 2.0);
         assert_eq!(steady.from_unix_ms, 1_000);
+    }
+
+    #[test]
+    fn render_hints_when_no_fault_was_answered() {
+        let mut stats = Stats::new();
+        stats.injected.malformed_json = 3;
+        let unanswered = stats.summary(run_info(), Duration::from_secs(2), window());
+        assert!(
+            unanswered.render().contains("hint "),
+            "{}",
+            unanswered.render()
+        );
+
+        stats.count_error_frame("invalid_json");
+        let answered = stats.summary(run_info(), Duration::from_secs(2), window());
+        assert!(
+            !answered.render().contains("hint "),
+            "{}",
+            answered.render()
+        );
     }
 
     #[test]
