@@ -67,6 +67,25 @@ pub enum ConfigError {
     },
 }
 
+/// Rejects an admin listener on the public listener's port and address (or on the same
+/// port with either address unspecified), which would fail at bind time with a message
+/// that names neither setting.
+fn check_listeners(listen: SocketAddr, admin: Option<SocketAddr>) -> Result<(), ConfigError> {
+    let Some(admin) = admin else {
+        return Ok(());
+    };
+    let same_ip =
+        listen.ip() == admin.ip() || listen.ip().is_unspecified() || admin.ip().is_unspecified();
+    if listen.port() != 0 && listen.port() == admin.port() && same_ip {
+        return Err(ConfigError::Range {
+            key: "admin_listen",
+            value: format!("\"{admin}\""),
+            allowed: "an address other than `listen`; the admin listener needs a port of its own",
+        });
+    }
+    Ok(())
+}
+
 /// JWT settings, as written in the `[auth]` table.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -587,6 +606,7 @@ impl Config {
         } else {
             file.workers
         };
+        check_listeners(listen, admin_listen)?;
         Ok(Self {
             listen,
             workers,
@@ -633,6 +653,15 @@ impl Config {
             auth: file.auth,
             upstream,
         })
+    }
+
+    /// Checks the listen addresses after command-line flags changed them.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`ConfigError::Range`] when the admin listener would take the public port.
+    pub fn check_listeners(&self) -> Result<(), ConfigError> {
+        check_listeners(self.listen, self.admin_listen)
     }
 
     /// Sets the worker count from a command-line flag, with the same range as the file.
@@ -1057,6 +1086,28 @@ mod tests {
         assert!(text.contains("max_outbound_bytes"), "{text}");
         assert!(text.contains("max_message_bytes + 16384"), "{text}");
         assert!(parse("max_message_bytes = 2097152\nmax_outbound_bytes = 2113536\n").is_ok());
+    }
+
+    #[test]
+    fn admin_listener_on_public_port_is_rejected() {
+        let same = parse("listen = \"127.0.0.1:8100\"\nadmin_listen = \"127.0.0.1:8100\"\n");
+        let text = same.expect_err("same address").to_string();
+        assert!(text.contains("admin_listen"), "{text}");
+        assert!(text.contains("127.0.0.1:8100"), "{text}");
+        let wildcard = parse("listen = \"0.0.0.0:8100\"\nadmin_listen = \"127.0.0.1:8100\"\n");
+        assert!(
+            wildcard.is_err(),
+            "the wildcard listener takes the port on every address"
+        );
+        assert!(parse("listen = \"127.0.0.1:8100\"\nadmin_listen = \"127.0.0.2:8100\"\n").is_ok());
+        assert!(parse("listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n").is_ok());
+
+        let mut config = parse("").expect("defaults");
+        config.admin_listen = Some(config.listen);
+        assert!(
+            config.check_listeners().is_err(),
+            "a flag can make them equal too"
+        );
     }
 
     #[test]

@@ -245,6 +245,7 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(backend) = &args.backend {
         config.backend = BackendKind::from_str(backend).map_err(anyhow::Error::msg)?;
     }
+    config.check_listeners()?;
     Ok(config)
 }
 
