@@ -337,6 +337,28 @@ async fn sweep_loop(worker: Rc<Worker>) {
     }
 }
 
+/// A user id for a log field. The id comes from the token's `sub` and may contain any
+/// character, so everything other than letters, digits and `-_.@:+/` is written as
+/// `\u{..}`. A newline, a brace, a space or ` key=value` in it then cannot forge a line or a
+/// field in the text log format, and the JSON format gets a plain string without quotes
+/// inside it.
+struct LogSafe<'a>(&'a str);
+
+impl std::fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        for c in self.0.chars() {
+            let plain = c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '+' | '/');
+            if plain {
+                f.write_char(c)?;
+            } else {
+                write!(f, "\\u{{{:x}}}", u32::from(c))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 fn unix_now() -> u64 {
     unix_now_millis() / 1000
 }
@@ -846,7 +868,7 @@ impl Worker {
             .get(user.as_str())
             .map_or(0, |entry| entry.conns.len());
         if user_conns >= cap {
-            tracing::debug!(conn = conn_id, %peer, user = ?user, "per-user connection cap reached");
+            tracing::debug!(conn = conn_id, %peer, user = %LogSafe(&user), "per-user connection cap reached");
             self.shared.release_connection();
             let reason = RejectReason::UserConnectionLimit {
                 max: u32::try_from(cap).unwrap_or(u32::MAX),
@@ -870,10 +892,8 @@ impl Worker {
         metrics.connections_open.inc();
         self.register(&handle);
         // One span per connection: every event inside carries its ids. The user id comes from
-        // the token and may hold any character, so it is written quoted and escaped (Debug):
-        // a newline, a brace or ` key=value` in it cannot forge a line or a field.
-        let span =
-            tracing::debug_span!("conn", conn = conn_id, worker = self.index, %peer, user = ?user);
+        // the token and may contain any character (see `LogSafe`).
+        let span = tracing::debug_span!("conn", conn = conn_id, worker = self.index, %peer, user = %LogSafe(&user));
         tracing::debug!(parent: &span, "connection open");
 
         // The connection gets a task of its own, so that it does not keep the state of the
@@ -1478,6 +1498,23 @@ fn error_frame(code: &str, detail: &str, id: Option<&Bytes>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_safe_escapes_everything_that_could_forge_a_field() {
+        use super::LogSafe;
+        assert_eq!(LogSafe("alice").to_string(), "alice");
+        assert_eq!(LogSafe("a.b-c_d@e:f+g/h").to_string(), "a.b-c_d@e:f+g/h");
+        assert_eq!(LogSafe("zoë").to_string(), "zoë");
+        assert_eq!(
+            LogSafe("bob admin=true").to_string(),
+            "bob\\u{20}admin\\u{3d}true"
+        );
+        assert_eq!(
+            LogSafe("x}\n\u{1b}[2J").to_string(),
+            "x\\u{7d}\\u{a}\\u{1b}\\u{5b}2J"
+        );
+        assert_eq!(LogSafe("\"q\"\\").to_string(), "\\u{22}q\\u{22}\\u{5c}");
+    }
+
     use super::*;
 
     #[test]
