@@ -112,10 +112,10 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
             Ok(None) if limit == MAX_ADMIN_REQUEST => {
                 let message =
                     format!("request head above {MAX_ADMIN_REQUEST} bytes; send a shorter head\n");
-                return reject(&mut stream, &Reply::text(431, &message));
+                return reject(&mut stream, &data, Reply::text(431, &message));
             }
             Ok(None) => {}
-            Err(reply) => return reject(&mut stream, &reply),
+            Err(reply) => return reject(&mut stream, &data, reply),
         }
         match read_some(&mut stream, &mut data, &mut chunk, head_deadline)? {
             ReadOutcome::Data => {}
@@ -125,7 +125,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     "request head not received within {} ms of connecting; send the whole head at once\n",
                     ADMIN_HEAD_DEADLINE.as_millis()
                 );
-                return reject(&mut stream, &Reply::text(408, &message));
+                return reject(&mut stream, &data, Reply::text(408, &message));
             }
         }
     };
@@ -133,7 +133,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
     let body_len = head.content_length.unwrap_or(0);
     if body_len > MAX_ADMIN_BODY {
         let message = format!("request body above {MAX_ADMIN_BODY} bytes; send a smaller body\n");
-        return reject(&mut stream, &Reply::text(413, &message));
+        return reject(&mut stream, &data, Reply::text(413, &message));
     }
 
     // Only the push API reads a body, and only from a client with the key, so a client
@@ -162,7 +162,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
                     ADMIN_BODY_DEADLINE.as_millis(),
                     data.len() - head_len
                 );
-                return reject(&mut stream, &Reply::text(408, &message));
+                return reject(&mut stream, &data, Reply::text(408, &message));
             }
         }
     }
@@ -175,8 +175,16 @@ fn serve(mut stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
 }
 
 /// Logs a request that fails before routing, with the peer and the reply, and sends the
-/// reply.
-fn reject(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
+/// reply. `data` is what the client has sent so far: a request to the push API gets the
+/// reply as a JSON error like the API's own, so its clients parse one error form.
+fn reject(stream: &mut TcpStream, data: &[u8], reply: Reply) -> std::io::Result<()> {
+    let target = data.split(|&byte| byte == b' ').nth(1).unwrap_or_default();
+    let reply = if target.starts_with(b"/v1/") {
+        reply.into_json_error()
+    } else {
+        reply
+    };
+    let reply = &reply;
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_owned(), |peer| peer.to_string());
@@ -368,6 +376,13 @@ impl Reply {
 
     fn error(status: u16, message: &str) -> Self {
         Self::json(status, serde_json::json!({ "error": message }).to_string())
+    }
+
+    /// Turns a text reply into the JSON error form, `{"error":"<text>"}`.
+    fn into_json_error(self) -> Self {
+        let mut json = Self::error(self.status, self.body.trim_end());
+        json.extra_header = self.extra_header;
+        json
     }
 
     fn with_header(mut self, line: &'static str) -> Self {
