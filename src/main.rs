@@ -353,10 +353,21 @@ fn warn_development_secret(config: &Config, algorithms: &[jsonwebtoken::Algorith
     // The demo token goes to stdout for the person at the terminal, not into the logs.
     if let Ok(token) = token {
         println!("demo token (user \"demo\", valid 1 h, this process only):\n{token}");
-        println!(
-            "try: websocat 'ws://{}{}?access_token={token}'",
-            config.listen, config.path
-        );
+        let url = format!("ws://{}{}?access_token={token}", config.listen, config.path);
+        println!("try: websocat '{url}'");
+        println!(" or: python3 -m websockets '{url}'");
+        if config.demo {
+            println!(
+                " or: open http://{}/ in a browser and paste the token",
+                config.listen
+            );
+        }
+        if config.backend == BackendKind::Relay {
+            // The secret exists only in this process, so the demo user is the only user.
+            println!(
+                "then send {{\"id\":\"m1\",\"conversation_id\":\"c1\",\"to\":\"demo\",\"content\":\"hi\"}}: the relay delivers it back to the demo user"
+            );
+        }
     }
 }
 

@@ -1193,7 +1193,7 @@ impl Worker {
         tracing::warn!(
             worker = self.index,
             messages = left.len(),
-            "drain timeout reached with messages pending; answering upstream_unavailable"
+            "half of drain_timeout_ms passed with messages pending; answering upstream_unavailable"
         );
         self.answer_batch(
             &left,
