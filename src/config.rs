@@ -67,6 +67,72 @@ pub enum ConfigError {
     },
 }
 
+/// Returns a hint for a parse error about an unknown key: the known key closest to it by
+/// edit distance, or the table it belongs in when it is a key of `[auth]` or `[upstream]`
+/// written at the top level. `message` is the TOML parser's text, which names the unknown
+/// field and lists the expected ones.
+fn unknown_key_hint(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    let (unknown, rest) = rest.split_once('`')?;
+    let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
+    let in_table = [("auth", AUTH_KEYS), ("upstream", UPSTREAM_KEYS)]
+        .into_iter()
+        .find(|(_, keys)| keys.contains(&unknown) && !expected.contains(&unknown));
+    if let Some((table, _)) = in_table {
+        return Some(format!("`{unknown}` belongs in the [{table}] table"));
+    }
+    let (closest, distance) = expected
+        .iter()
+        .map(|key| (*key, edit_distance(unknown, key)))
+        .min_by_key(|&(_, distance)| distance)?;
+    (distance <= unknown.len().max(3) / 3 + 1).then(|| format!("did you mean `{closest}`?"))
+}
+
+/// Keys of the `[auth]` table, for [`unknown_key_hint`].
+const AUTH_KEYS: &[&str] = &[
+    "required",
+    "algorithms",
+    "secret_env",
+    "secret_file",
+    "public_key_file",
+    "private_key_file",
+    "issuer",
+    "audience",
+    "leeway_secs",
+    "bearer_header",
+    "query_param",
+    "protocol_marker",
+    "cookie",
+];
+
+/// Keys of the `[upstream]` table, for [`unknown_key_hint`].
+const UPSTREAM_KEYS: &[&str] = &[
+    "urls",
+    "batch_max",
+    "batch_delay_ms",
+    "timeout_ms",
+    "backoff_ms",
+    "max_pending_messages",
+];
+
+/// Levenshtein distance between two ASCII-ish strings, counted in chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// Rejects an admin listener on the public listener's port and address (or on the same
 /// port with either address unspecified), which would fail at bind time with a message
 /// that names neither setting.
@@ -344,9 +410,16 @@ impl Default for Config {
 impl Config {
     /// Parses a TOML document. `origin` names it in error messages.
     pub fn from_toml(text: &str, origin: &std::path::Path) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|err| ConfigError::Parse {
-            path: origin.to_path_buf(),
-            message: err.to_string().trim_end().to_owned(),
+        let file: FileConfig = toml::from_str(text).map_err(|err| {
+            let mut message = err.to_string().trim_end().to_owned();
+            if let Some(hint) = unknown_key_hint(&message) {
+                message.push('\n');
+                message.push_str(&hint);
+            }
+            ConfigError::Parse {
+                path: origin.to_path_buf(),
+                message,
+            }
         })?;
         Self::from_file_config(file)
     }
@@ -859,10 +932,10 @@ impl Upstream {
         let mut urls = Vec::with_capacity(settings.urls.len());
         for text in &settings.urls {
             let url =
-                crate::upstream::UpstreamUrl::parse(text).map_err(|err| ConfigError::Range {
+                crate::upstream::UpstreamUrl::parse(text).map_err(|_| ConfigError::Range {
                     key: "upstream.urls",
-                    value: err.to_string(),
-                    allowed: "http://IP:PORT/path or http://localhost:PORT/path",
+                    value: format!("{text:?}"),
+                    allowed: "http://IP:PORT/path or http://localhost:PORT/path; https is not supported",
                 })?;
             urls.push(UpstreamTarget {
                 text: text.clone(),
@@ -1086,6 +1159,40 @@ mod tests {
         assert!(text.contains("max_outbound_bytes"), "{text}");
         assert!(text.contains("max_message_bytes + 16384"), "{text}");
         assert!(parse("max_message_bytes = 2097152\nmax_outbound_bytes = 2113536\n").is_ok());
+    }
+
+    #[test]
+    fn unknown_key_gets_a_hint() {
+        let typo = parse("rate_per_second = 5\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(typo.contains("did you mean `rate_per_sec`?"), "{typo}");
+        let table = parse("urls = [\"http://127.0.0.1:1/\"]\n").expect_err("misplaced");
+        assert!(
+            table
+                .to_string()
+                .contains("belongs in the [upstream] table"),
+            "{table}"
+        );
+        let auth = parse("issuer = \"me\"\n")
+            .expect_err("misplaced")
+            .to_string();
+        assert!(auth.contains("belongs in the [auth] table"), "{auth}");
+        let far = parse("zzzzzzzzzz = 1\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(
+            !far.contains("did you mean"),
+            "no hint for a key like no other: {far}"
+        );
+    }
+
+    #[test]
+    fn edit_distance_counts_edits() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("rate_per_second", "rate_per_sec"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 
     #[test]
