@@ -115,7 +115,7 @@ const UPSTREAM_KEYS: &[&str] = &[
     "max_pending_messages",
 ];
 
-/// Levenshtein distance between two ASCII-ish strings, counted in chars.
+/// Returns the Levenshtein distance between two strings, counted in chars.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut row: Vec<usize> = (0..=b.len()).collect();
@@ -1185,6 +1185,27 @@ mod tests {
             !far.contains("did you mean"),
             "no hint for a key like no other: {far}"
         );
+    }
+
+    #[test]
+    fn table_key_lists_match_the_tables() {
+        for (table, keys) in [("auth", AUTH_KEYS), ("upstream", UPSTREAM_KEYS)] {
+            let error = parse(&format!("[{table}]\nno_such_key = 1\n")).expect_err("unknown key");
+            let text = error.to_string();
+            let listed: Vec<&str> = text
+                .split("expected one of ")
+                .nth(1)
+                .unwrap_or_default()
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .collect();
+            let mut listed = listed;
+            let mut keys = keys.to_vec();
+            listed.sort_unstable();
+            keys.sort_unstable();
+            assert_eq!(listed, keys, "[{table}] keys");
+        }
     }
 
     #[test]
