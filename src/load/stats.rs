@@ -390,11 +390,16 @@ impl Summary {
             run.load_model,
             self.elapsed_secs
         );
+        // A handshake rate means something only when handshakes are the load.
+        let rate = if run.scenario == "connect" {
+            format!(" ({:.1}/s)", self.handshakes_per_sec)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "handshakes   {} ({:.1}/s), connect latency {}",
+            "handshakes   {}{rate}, connect latency {}",
             self.handshakes,
-            self.handshakes_per_sec,
             render_latency(&self.connect_latency_us)
         );
         for (label, traffic) in [("sent", &self.sent), ("received", &self.received)] {
@@ -538,6 +543,28 @@ mod tests {
         assert_eq!(steady.messages_per_sec, 250.0);
         assert_eq!(steady.handshakes_per_sec, 2.0);
         assert_eq!(steady.from_unix_ms, 1_000);
+    }
+
+    #[test]
+    fn render_gives_handshake_rate_for_connect_only() {
+        let mut stats = Stats::new();
+        stats.handshakes = 40;
+        let echo = stats.summary(run_info(), Duration::from_secs(2), window());
+        assert!(
+            echo.render().contains("handshakes   40, connect"),
+            "{}",
+            echo.render()
+        );
+        let mut info = run_info();
+        info.scenario = "connect".to_owned();
+        let connect = stats.summary(info, Duration::from_secs(2), window());
+        assert!(
+            connect
+                .render()
+                .contains("handshakes   40 (20.0/s), connect"),
+            "{}",
+            connect.render()
+        );
     }
 
     #[test]
