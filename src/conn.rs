@@ -250,7 +250,7 @@ pub enum HandshakeStep<'b> {
     /// More bytes are needed.
     Partial,
     /// A plain `GET /` or `HEAD /` without an upgrade while the demo page is enabled: serve
-    /// the page (for HEAD, its head only, as RFC 9110 §9.3.2 asks) and close.
+    /// the page (for HEAD, its head only, as RFC 9110 §9.3.2 describes) and close.
     DemoPage { head_only: bool },
     /// Reject with this status, then close.
     Reject(RejectReason),

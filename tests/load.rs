@@ -245,7 +245,7 @@ fn start_recycling_server() -> (
     (addr, carried)
 }
 
-/// Reads an upgrade request from `stream` and answers it with 101. Returns the bytes that
+/// Reads an upgrade request from `stream` and replies with 101. Returns the bytes that
 /// followed the request, or `None` when the client left first.
 fn accept_upgrade(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
     use std::io::{Read, Write};

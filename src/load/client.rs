@@ -287,7 +287,7 @@ impl Conn {
     }
 
     /// Queues a close frame with 1002 (protocol error) for the writer and stops reading, as
-    /// RFC 6455 §7.1.7 asks of an endpoint that received invalid data.
+    /// RFC 6455 §7.1.7 recommends for an endpoint that received invalid data.
     fn fail_protocol(&self, worker: &Worker) {
         if !self.close_sent.get() {
             self.close_sent.set(true);
@@ -1229,7 +1229,7 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
 
     let now = Instant::now();
     let mut out = Vec::with_capacity((config.shape.size + 16) * (injection.burst as usize + 1));
-    // The bucket holds `burst` messages, so the one after them is rejected.
+    // The bucket has room for `burst` messages, so the one after them is rejected.
     let expected = (0..injection.burst)
         .map(|_| Expect::UntimedReply)
         .chain([Expect::Error("rate_limited")]);

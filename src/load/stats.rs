@@ -475,7 +475,7 @@ impl Summary {
         out
     }
 
-    /// Returns advice when faults were injected but the server answered none of them the way
+    /// Returns advice when faults were injected but the server replied to none of them the way
     /// framegate does, which means the server is not framegate or its limits differ from the
     /// `--server-*` options.
     fn fault_hint(&self) -> Option<&'static str> {
