@@ -196,7 +196,7 @@ fn run(script: &mut Unstructured<'_>) -> Result<()> {
                     take_output(&mut out, &mut transcript);
                 }
                 in_flight = starts;
-                out.set_coalesce_pongs(in_flight);
+                out.set_backed_up(in_flight);
                 if !in_flight {
                     take_output(&mut out, &mut transcript);
                 }
@@ -220,7 +220,7 @@ fn run(script: &mut Unstructured<'_>) -> Result<()> {
         }
     }
 
-    out.set_coalesce_pongs(false);
+    out.set_backed_up(false);
     take_output(&mut out, &mut transcript);
     check_transcript(&transcript);
     Ok(())
@@ -284,7 +284,7 @@ fn accept(
                 assert!(end < head_len, "complete head reported as partial");
             }
             HandshakeStep::Reject(reason) => panic!("valid upgrade rejected: {reason:?}"),
-            HandshakeStep::DemoPage => panic!("upgrade request taken for the demo page"),
+            HandshakeStep::DemoPage { .. } => panic!("upgrade request taken for the demo page"),
             HandshakeStep::Accept {
                 upgrade,
                 head_len: parsed_len,
