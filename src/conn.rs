@@ -39,15 +39,17 @@ const MAX_CLOSE_REASON: usize = 123;
 
 /// Bytes queued for the socket, as a list of segments for one `writev`.
 ///
-/// Small frames are gathered into one contiguous segment; large payloads are queued as the
-/// `Bytes` they arrived in, so they are never copied.
+/// Small frames are gathered into one contiguous segment. Large payloads are queued as the
+/// `Bytes` they arrived in, so they are not copied on the way out, unless the socket is
+/// backed up (see [`Outbox::set_backed_up`]).
 #[derive(Default)]
 pub struct Outbox {
     segments: Vec<Bytes>,
     gather: BytesMut,
     queued_bytes: usize,
-    /// While set, a pong replaces a pong that is still the last frame queued.
-    coalesce_pongs: bool,
+    /// Set while the socket is backed up: a pong replaces a pong that is still the last frame
+    /// queued, and large payloads are copied.
+    backed_up: bool,
     /// Offset in `gather` where the last queued frame, a pong, starts; `None` once anything
     /// else is queued after it or the gather buffer is taken.
     tail_pong_at: Option<usize>,
@@ -62,7 +64,10 @@ impl Outbox {
         self.frames += 1;
         encode::encode_header(&mut self.gather, true, opcode, payload.len());
         self.queued_bytes += header_len(payload.len()) + payload.len();
-        if payload.len() <= INLINE_PAYLOAD_MAX {
+        // A payload slice keeps its whole read buffer alive, and `queued_bytes` counts only
+        // the slice. That is harmless while the queue leaves at the end of the read, but not
+        // while it waits for a peer that does not read, so then the payload is copied.
+        if payload.len() <= INLINE_PAYLOAD_MAX || self.backed_up {
             self.gather.extend_from_slice(payload);
             return;
         }
@@ -107,11 +112,11 @@ impl Outbox {
     }
 
     /// Queues the answer to a ping. While the peer is not reading (see
-    /// [`Outbox::set_coalesce_pongs`]) a new pong replaces the previous one when that pong is
+    /// [`Outbox::set_backed_up`]) a new pong replaces the previous one when that pong is
     /// still the last frame queued, which RFC 6455 §5.5.3 allows, so a ping flood cannot grow
     /// the queue. Frames never change order.
     pub fn push_pong(&mut self, payload: &Bytes) {
-        if self.coalesce_pongs
+        if self.backed_up
             && let Some(at) = self.tail_pong_at
         {
             self.queued_bytes -= self.gather.len() - at;
@@ -124,9 +129,10 @@ impl Outbox {
         self.tail_pong_at = Some(at);
     }
 
-    /// Turns pong coalescing on while the socket is backed up and off once it drains.
-    pub fn set_coalesce_pongs(&mut self, coalesce: bool) {
-        self.coalesce_pongs = coalesce;
+    /// Marks the socket as backed up (a write is waiting for the peer) or drained. While it
+    /// is backed up, pongs coalesce and large payloads are copied instead of referenced.
+    pub fn set_backed_up(&mut self, backed_up: bool) {
+        self.backed_up = backed_up;
     }
 
     /// Queues raw bytes that are not a frame (an HTTP response before the upgrade).
@@ -976,6 +982,30 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    #[test]
+    fn outbox_copies_large_payload_while_backed_up() {
+        let mut out = Outbox::default();
+        // A 4 KiB payload sliced out of a 64 KiB read buffer.
+        let buffer = Bytes::from(vec![7u8; 64 * 1024]);
+        let slice = buffer.slice(..4096);
+        out.set_backed_up(true);
+        out.push_frame(OpCode::Binary, &slice);
+        drop(buffer);
+        let mut segments = Vec::new();
+        out.take_into(&mut segments);
+        assert_eq!(
+            segments.len(),
+            1,
+            "header and payload in one gathered segment"
+        );
+        assert_eq!(segments[0].len(), 4 + 4096);
+        assert!(
+            !std::ptr::eq(segments[0][4..].as_ptr(), slice.as_ptr()),
+            "the payload was copied, so the read buffer is not kept alive"
+        );
+        assert_eq!(&segments[0][4..], &slice[..]);
+    }
+
     /// Returns the queued bytes as `io_slices` describes them, joined.
     fn described(out: &Outbox, slots: usize) -> Vec<u8> {
         let mut slices = vec![IoSlice::new(&[]); slots];
@@ -1020,7 +1050,7 @@ mod tests {
     #[test]
     fn outbox_consume_stops_pong_replacement() {
         let mut out = Outbox::default();
-        out.set_coalesce_pongs(true);
+        out.set_backed_up(true);
         out.push_pong(&Bytes::from_static(b"first"));
         out.consume(3);
         // The first pong has partly left: a new pong goes after it.
@@ -1033,7 +1063,7 @@ mod tests {
         let mut out = Outbox::default();
         out.push_pong(&Bytes::from_static(b"a"));
         out.push_frame(OpCode::Text, &Bytes::from_static(b"t"));
-        out.set_coalesce_pongs(true);
+        out.set_backed_up(true);
         for i in 0..1000u32 {
             out.push_pong(&Bytes::from(i.to_string()));
         }

@@ -46,7 +46,7 @@ fn replay_while_write_in_flight(stream: &[u8]) -> (Flow, Vec<ServerFrame>) {
     let now = Instant::now();
     let mut session = Session::new(&config, now);
     let mut out = Outbox::default();
-    out.set_coalesce_pongs(true);
+    out.set_backed_up(true);
 
     let mut buf = BytesMut::from(stream);
     let mut accepted = Vec::new();
@@ -56,7 +56,7 @@ fn replay_while_write_in_flight(stream: &[u8]) -> (Flow, Vec<ServerFrame>) {
         "control frames only, but a message was accepted"
     );
 
-    out.set_coalesce_pongs(false);
+    out.set_backed_up(false);
     (flow, take_frames(&mut out))
 }
 
@@ -118,10 +118,10 @@ fn coalesced_pong_goes_out_before_protocol_error_close() {
 #[test]
 fn coalesced_pong_goes_out_before_runtime_close() {
     let mut out = Outbox::default();
-    out.set_coalesce_pongs(true);
+    out.set_backed_up(true);
     out.push_pong(&Bytes::from_static(b"p1"));
     out.push_close(CloseCode::GOING_AWAY, "idle timeout");
-    out.set_coalesce_pongs(false);
+    out.set_backed_up(false);
 
     let frames = take_frames(&mut out);
     let opcodes: Vec<u8> = frames.iter().map(|frame| frame.opcode).collect();

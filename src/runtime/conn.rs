@@ -262,6 +262,12 @@ impl ConnHandle {
         if !outbox.is_empty() {
             let mut rest = Vec::new();
             outbox.take_into(&mut rest);
+            // The rest waits for the peer, so it must not keep whole read buffers alive
+            // through payload slices (see `Outbox::push_frame`). Frames queued from now on
+            // are copied as they come, because the writer marks the outbox backed up.
+            for segment in &mut rest {
+                *segment = Bytes::copy_from_slice(segment);
+            }
             let bytes: usize = rest.iter().map(Bytes::len).sum();
             worker.metrics().bytes_out.add(bytes as u64);
             return Some(rest);
@@ -629,10 +635,11 @@ async fn write_until_idle(handle: &ConnHandle, worker: &Worker, mut segments: Ve
             metrics.frames_out.add(frames);
             metrics.bytes_out.add(bytes as u64);
         }
-        // While this write is in flight the peer may not be reading: coalesce pongs.
-        handle.outbox.borrow_mut().set_coalesce_pongs(true);
+        // While this write is in flight the peer may not be reading: coalesce pongs and copy
+        // payloads.
+        handle.outbox.borrow_mut().set_backed_up(true);
         let written = write_all(&handle.stream, &mut segments).await;
-        handle.outbox.borrow_mut().set_coalesce_pongs(false);
+        handle.outbox.borrow_mut().set_backed_up(false);
         if let Err(err) = written {
             handle.fail_write(&err);
             return;
