@@ -120,6 +120,25 @@ fn drain_sends_1001_with_reconnect_hint_and_turns_unready() {
 }
 
 #[test]
+fn upgrade_in_progress_at_drain_gets_503() {
+    use std::io::{Read, Write};
+    let server = start_full(config(1, ""));
+    let request = upgrade_request(&token("late-upgrade"));
+    let (first, rest) = request.as_bytes().split_at(20);
+    let mut stream = connect(server.addr);
+    stream.write_all(first).expect("first part");
+    std::thread::sleep(Duration::from_millis(100));
+    server.drain.drain();
+    std::thread::sleep(Duration::from_millis(200));
+    stream.write_all(rest).expect("rest of the request");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response);
+    assert_eq!(status_of(&response), 503, "{response}");
+    assert!(response.contains("Retry-After"), "{response}");
+}
+
+#[test]
 fn sigterm_drains_and_exits_zero() {
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_framegate"))

@@ -359,6 +359,10 @@ impl std::fmt::Display for LogSafe<'_> {
     }
 }
 
+/// Longest a draining worker waits, after its connections have closed, for upgrades that were
+/// in progress when the drain began, so that they get a 503 instead of a bare TCP close.
+const UPGRADE_DRAIN_WAIT: Duration = Duration::from_secs(1);
+
 fn unix_now() -> u64 {
     unix_now_millis() / 1000
 }
@@ -829,6 +833,14 @@ impl Worker {
             );
         }
         while !self.conns.borrow().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // An upgrade still in progress gets its 503 (see `check_admission`) before the worker
+        // stops, for at most a second more: a complete request needs only its last bytes.
+        let upgrades_deadline = deadline.min(tokio::time::Instant::now() + UPGRADE_DRAIN_WAIT);
+        while self.shared.pending_upgrades.load(Ordering::Relaxed) > 0
+            && tokio::time::Instant::now() < upgrades_deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.conns.borrow().len();
