@@ -264,10 +264,11 @@ impl ConnHandle {
             outbox.take_into(&mut rest);
             // The rest waits for the peer, so it must not keep whole read buffers alive
             // through payload slices (see `Outbox::push_frame`). Frames queued from now on
-            // are copied as they come, because the writer marks the outbox backed up.
+            // are copied as they come, until the writer finds the socket drained.
             for segment in &mut rest {
                 *segment = Bytes::copy_from_slice(segment);
             }
+            outbox.set_backed_up(true);
             let bytes: usize = rest.iter().map(Bytes::len).sum();
             worker.metrics().bytes_out.add(bytes as u64);
             return Some(rest);
