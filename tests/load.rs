@@ -249,6 +249,7 @@ fn start_recycling_server() -> (
 /// followed the request, or `None` when the client left first.
 fn accept_upgrade(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
     use std::io::{Read, Write};
+
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut data = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -261,6 +262,7 @@ fn accept_upgrade(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
             Ok(n) => data.extend_from_slice(&chunk[..n]),
         }
     };
+
     let head = String::from_utf8_lossy(&data[..head_end]).into_owned();
     let key = head
         .lines()
@@ -270,6 +272,7 @@ fn accept_upgrade(stream: &mut std::net::TcpStream) -> Option<Vec<u8>> {
                 .then(|| value.trim().to_owned())
         })
         .expect("Sec-WebSocket-Key");
+
     let accept = framegate::handshake::accept_key(&key);
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",

@@ -308,7 +308,14 @@ pub fn parse_id(payload: &[u8]) -> Option<MessageId> {
 /// re-serialize a message may add it.
 fn id_value_start(payload: &[u8]) -> Option<usize> {
     const KEY: &[u8] = b"\"id\"";
-    let is_space = |byte: &u8| matches!(byte, b' ' | b'\t' | b'\n' | b'\r');
+    // Returns the offset of the first byte at or after `at` that is not JSON whitespace.
+    let skip_space = |at: usize| {
+        let rest = payload.get(at..).unwrap_or_default();
+        at + rest
+            .iter()
+            .take_while(|byte| matches!(byte, b' ' | b'\t' | b'\n' | b'\r'))
+            .count()
+    };
     let mut from = 0;
     loop {
         let key = from
@@ -316,19 +323,9 @@ fn id_value_start(payload: &[u8]) -> Option<usize> {
                 .get(from..)?
                 .windows(KEY.len())
                 .position(|w| w == KEY)?;
-        let mut at = key + KEY.len();
-        at += payload
-            .get(at..)?
-            .iter()
-            .take_while(|byte| is_space(byte))
-            .count();
-        if payload.get(at) == Some(&b':') {
-            at += 1;
-            at += payload
-                .get(at..)?
-                .iter()
-                .take_while(|byte| is_space(byte))
-                .count();
+        let colon = skip_space(key + KEY.len());
+        if payload.get(colon) == Some(&b':') {
+            let at = skip_space(colon + 1);
             if payload.get(at) == Some(&b'"') {
                 return Some(at + 1);
             }

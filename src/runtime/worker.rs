@@ -359,7 +359,7 @@ impl std::fmt::Display for LogSafe<'_> {
     }
 }
 
-/// Longest a draining worker waits, after its connections have closed, for upgrades that were
+/// Maximum time a draining worker waits, after its connections have closed, for upgrades that were
 /// in progress when the drain began, so that they get a 503 instead of a bare TCP close.
 const UPGRADE_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
@@ -1511,7 +1511,7 @@ fn error_frame(code: &str, detail: &str, id: Option<&Bytes>) -> Bytes {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn log_safe_escapes_everything_that_could_forge_a_field() {
+    fn log_safe_escapes_field_breakers() {
         use super::LogSafe;
         assert_eq!(LogSafe("alice").to_string(), "alice");
         assert_eq!(LogSafe("a.b-c_d@e:f+g/h").to_string(), "a.b-c_d@e:f+g/h");
