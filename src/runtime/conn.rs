@@ -45,6 +45,10 @@ const SPARSE_WAIT: Duration = Duration::from_millis(100);
 /// Reads after a long wait that still count as one sparse burst.
 const SPARSE_BURST_READS: u8 = 4;
 
+/// Maximum size of a read buffer, in multiples of `read_buffer_bytes`, after the non-blocking
+/// recv that follows a read that filled the buffer (see [`reserve_waiting`]).
+const MAX_READS_BUFFERED: usize = 4;
+
 /// Chooses between a small and a full-size read buffer.
 ///
 /// With tokio-uring 0.5 every posted read keeps its buffer until data arrives, so an idle
@@ -110,6 +114,28 @@ impl ReadSizing {
             buf.reserve(wanted);
         }
     }
+}
+
+/// Makes room in `buf`, which the last read filled, for at least `read_size` more bytes that
+/// a non-blocking recv takes from the socket. Returns false, leaving `buf` unchanged, when
+/// `buf` would then hold more than [`MAX_READS_BUFFERED`] reads. The rest then waits in the
+/// socket until the frames already buffered are handled.
+///
+/// The room is added exactly, because `BytesMut::reserve` on a full buffer doubles its
+/// allocation and the recv fills all the room there is. With `reserve`, a peer that writes
+/// faster than the worker handles its frames would double the buffer on every read, up to
+/// the size of the socket's receive buffer (the third value of `net.ipv4.tcp_rmem`).
+fn reserve_waiting(buf: &mut BytesMut, read_size: usize) -> bool {
+    let needed = buf.len() + read_size;
+    if needed > MAX_READS_BUFFERED * read_size {
+        return false;
+    }
+    if !buf.try_reclaim(read_size) {
+        let mut grown = BytesMut::with_capacity(needed);
+        grown.extend_from_slice(buf);
+        *buf = grown;
+    }
+    true
 }
 
 /// The parts of a connection that other tasks of the worker touch: its outbox and wake-ups.
@@ -519,10 +545,9 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
             && n > 0
         {
             let mut n = n;
-            if n == capacity - len {
-                // The read filled its buffer, so more is probably waiting. Taking it now keeps
-                // the peer's batch whole (see `ReadSizing::prepare`).
-                buf.reserve(read_size);
+            // The read filled its buffer, so more is probably waiting. Taking it now keeps
+            // the peer's batch whole (see `ReadSizing::prepare`).
+            if n == capacity - len && reserve_waiting(&mut buf, read_size) {
                 n += super::uring::recv_waiting(&handle.stream, &mut buf);
             }
             handle.last_read_at.set(completed);
@@ -783,6 +808,75 @@ mod tests {
         let mut buf = BytesMut::with_capacity(16 * 1024);
         sizing.prepare(&mut buf, 0, 16 * 1024);
         assert_eq!(buf.capacity(), QUIET_READ_BYTES);
+    }
+
+    /// Appends to `buf` the bytes of `stream` that its spare capacity takes, up to `queued`,
+    /// the way a read or recv takes what waits on a socket, and returns how many it took.
+    fn fill(buf: &mut BytesMut, stream: &mut impl Iterator<Item = u8>, queued: usize) -> usize {
+        let count = (buf.capacity() - buf.len()).min(queued);
+        buf.extend(stream.take(count));
+        count
+    }
+
+    #[test]
+    fn flood_keeps_read_buffer_bounded() {
+        use crate::frame::reader::{Event, MessageReader, ReaderConfig};
+
+        // A peer that sends 10,000-byte text messages faster than the worker handles them:
+        // its socket's receive queue (1 MiB here) is full again at every read.
+        let read_size = 16 * 1024;
+        let receive_queue = 1 << 20;
+        let mut frame = Vec::new();
+        crate::load::wire::encode_frame(&mut frame, OpCode::Text, &[b'x'; 10_000], [1, 2, 3, 4]);
+        let mut stream = frame.iter().copied().cycle();
+        let mut reader = MessageReader::new(ReaderConfig {
+            max_message_bytes: 10_240,
+            allow_binary: false,
+        });
+        let busy = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
+        let mut buf = BytesMut::new();
+        let mut messages = 0;
+        let mut largest = 0;
+        for _ in 0..32 {
+            // The same steps as `read_loop`: prepare, read, recv what waits, handle frames.
+            busy.prepare(&mut buf, reader.bytes_wanted(), read_size);
+            largest = largest.max(buf.capacity());
+            let read = fill(&mut buf, &mut stream, receive_queue);
+            if reserve_waiting(&mut buf, read_size) {
+                largest = largest.max(buf.capacity());
+                fill(&mut buf, &mut stream, receive_queue - read);
+            }
+            while let Some(event) = reader.next_event(&mut buf).expect("valid frames") {
+                assert!(matches!(event, Event::Message { .. }));
+                messages += 1;
+            }
+        }
+        assert!(messages >= 32, "only {messages} messages handled");
+        assert!(
+            largest <= MAX_READS_BUFFERED * read_size,
+            "read buffer grew to {largest} bytes"
+        );
+    }
+
+    #[test]
+    fn reserve_waiting_stops_at_bound() {
+        let read_size = 1024;
+        let mut buf = BytesMut::with_capacity(read_size);
+        buf.resize(read_size, 0);
+        assert!(reserve_waiting(&mut buf, read_size));
+        assert!(buf.capacity() - buf.len() >= read_size);
+        assert_eq!(buf.len(), read_size);
+
+        // Filling up to the bound is allowed, one byte more is not.
+        buf.resize(MAX_READS_BUFFERED * read_size - read_size, 7);
+        assert!(reserve_waiting(&mut buf, read_size));
+        buf.resize(buf.len() + 1, 7);
+        let before = buf.capacity();
+        assert!(!reserve_waiting(&mut buf, read_size));
+        assert_eq!(buf.capacity(), before);
     }
 
     #[test]
