@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
-use bytes::BytesMut;
+use bytes::{Buf as _, BytesMut};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::Notify;
@@ -898,8 +898,34 @@ async fn flush_control(worker: &Worker, conn: &Conn) {
 }
 
 /// Writes `buf` whole; a failure marks the connection failed. Returns the buffer for reuse.
-async fn write(worker: &Worker, conn: &Conn, buf: Vec<u8>) -> Vec<u8> {
-    let (result, mut buf) = conn.stream.write_all(buf).await;
+///
+/// A batch usually fits the socket's send buffer, so it first goes out with one non-blocking
+/// `sendmsg`, which costs less than an io_uring write and its completion. Only what the
+/// socket did not take waits for an io_uring write. The user's task is the connection's only
+/// writer and never drops a write in flight, so the two kinds never overlap.
+async fn write(worker: &Worker, conn: &Conn, mut buf: Vec<u8>) -> Vec<u8> {
+    let sent = match crate::runtime::send_now(&conn.stream, &[std::io::IoSlice::new(&buf)], false) {
+        Ok(sent) => Ok(sent),
+        Err(err)
+            if matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+            ) =>
+        {
+            Ok(0)
+        }
+        Err(err) => Err(err),
+    };
+    let result = match sent {
+        Ok(sent) if sent == buf.len() => Ok(()),
+        Ok(sent) => {
+            buf.drain(..sent);
+            let (result, rest) = conn.stream.write_all(buf).await;
+            buf = rest;
+            result
+        }
+        Err(err) => Err(err),
+    };
     if let Err(err) = result {
         if !conn.ended() {
             tracing::debug!(error = %err, "write failed");
@@ -1320,14 +1346,16 @@ async fn read_loop(
             };
             // next_frame returned the header only once the whole payload is in `buf`.
             let payload_len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
-            let frame = buf.split_to(header.header_len + payload_len);
-            let payload = frame.get(header.header_len..).unwrap_or_default();
+            let frame_len = header.header_len.saturating_add(payload_len);
             let frame = Frame {
                 opcode: header.opcode,
                 fin: header.fin,
-                payload,
+                payload: buf.get(header.header_len..frame_len).unwrap_or_default(),
             };
             let handled = on_frame(&worker, &user, &conn, received_at, frame, &mut fragments);
+            // Advanced, not split off: a split would share the buffer's allocation with a
+            // reference count that every frame would then touch twice.
+            buf.advance(frame_len.min(buf.len()));
             if !handled {
                 worker.stats.borrow_mut().errors.protocol += 1;
                 conn.fail_protocol(&worker);

@@ -296,11 +296,12 @@ pub fn parse_id(payload: &[u8]) -> Option<MessageId> {
         0
     };
     let rest = payload.get(start..)?;
-    let end = rest
-        .iter()
-        .position(|&byte| byte != b'-' && !byte.is_ascii_digit())
-        .unwrap_or(rest.len());
-    parse_id_bytes(rest.get(..end)?)
+    let (id, len) = leading_id(rest)?;
+    // The id ends at a byte that is neither a digit (taken by `leading_id`) nor a dash.
+    if rest.get(len) == Some(&b'-') {
+        return None;
+    }
+    Some(id)
 }
 
 /// Returns the offset just inside the opening quote of the first `"id"` member's string
@@ -336,28 +337,41 @@ fn id_value_start(payload: &[u8]) -> Option<usize> {
 
 /// Parses `<conn>-<seq>`.
 pub fn parse_id_text(text: &str) -> Option<MessageId> {
-    parse_id_bytes(text.as_bytes())
+    let bytes = text.as_bytes();
+    leading_id(bytes)
+        .filter(|&(_, len)| len == bytes.len())
+        .map(|(id, _)| id)
 }
 
-/// Parses `<conn>-<seq>`, both plain decimal numbers that fit their type.
-fn parse_id_bytes(text: &[u8]) -> Option<MessageId> {
-    let dash = text.iter().position(|&byte| byte == b'-')?;
-    let conn = parse_decimal(text.get(..dash)?)?;
-    Some(MessageId {
-        conn: u32::try_from(conn).ok()?,
-        seq: parse_decimal(text.get(dash + 1..)?)?,
-    })
-}
-
-/// Parses a non-empty run of ASCII digits. Returns `None` for any other byte or on overflow.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
+/// Reads `<conn>-<seq>` at the start of `bytes`, both plain decimal numbers that fit their
+/// type, in one pass. Returns the id and how many bytes it takes.
+fn leading_id(bytes: &[u8]) -> Option<(MessageId, usize)> {
+    let (conn, dash) = leading_decimal(bytes)?;
+    if bytes.get(dash) != Some(&b'-') {
         return None;
     }
-    digits.iter().try_fold(0u64, |value, &byte| {
-        let digit = byte.checked_sub(b'0').filter(|digit| *digit < 10)?;
-        value.checked_mul(10)?.checked_add(u64::from(digit))
-    })
+    let (seq, digits) = leading_decimal(bytes.get(dash + 1..)?)?;
+    let id = MessageId {
+        conn: u32::try_from(conn).ok()?,
+        seq,
+    };
+    Some((id, dash + 1 + digits))
+}
+
+/// Reads the run of ASCII digits at the start of `bytes`. Returns its value and length, or
+/// `None` when the run is empty or its value overflows.
+fn leading_decimal(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    let mut len = 0;
+    for &byte in bytes {
+        let digit = byte.wrapping_sub(b'0');
+        if digit >= 10 {
+            break;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(digit))?;
+        len += 1;
+    }
+    (len > 0).then_some((value, len))
 }
 
 /// An error frame from framegate: `{"type":"error","code":...,"id":...}`.
@@ -654,6 +668,17 @@ mod tests {
         assert_eq!(parse_id(b"-5"), None);
         assert_eq!(parse_id(b"1-2-3"), None);
         assert_eq!(parse_id(b"1-99999999999999999999"), None);
+        assert_eq!(parse_id(b"4294967296-1"), None, "conn is a u32");
+        assert_eq!(parse_id(b"7-8 xxxx"), Some(MessageId { conn: 7, seq: 8 }));
+    }
+
+    #[test]
+    fn parse_id_text_takes_the_whole_string() {
+        assert_eq!(parse_id_text("12-345"), Some(ID));
+        assert_eq!(parse_id_text("12-345 "), None);
+        assert_eq!(parse_id_text("12-345x"), None);
+        assert_eq!(parse_id_text("12"), None);
+        assert_eq!(parse_id_text(""), None);
     }
 
     #[test]

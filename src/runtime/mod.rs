@@ -37,6 +37,7 @@ use crate::metrics::{self, Snapshot, WorkerMetrics};
 use crate::ratelimit::{Decision, TokenBucket};
 use crate::shard::Ring;
 
+pub(crate) use uring::send_now;
 pub use uring::{explain_setup_error, new_runtime, probe};
 pub(crate) use worker::{AdminOp, AdminReply, AdminRequest, ConnState, WorkerMsg};
 
