@@ -13,6 +13,10 @@ use super::{Request, Response, ResponseError, UpstreamUrl, parse_response};
 /// Largest response body read (bytes); a larger one fails the request.
 pub const MAX_RESPONSE_BODY: usize = 8 << 20;
 
+/// Largest read buffer kept between requests (bytes). A buffer that grew for a larger
+/// response is freed once the response has been handled.
+const MAX_KEPT_BUFFER: usize = 64 * 1024;
+
 /// A request that got no usable response.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -64,6 +68,11 @@ impl Connection {
         match &outcome {
             Ok(response) if response.keep_alive => {}
             _ => self.reset(),
+        }
+        // `clear` keeps the allocation, which would otherwise stay at the size of the
+        // largest response for the life of the worker.
+        if self.buf.capacity() > MAX_KEPT_BUFFER {
+            self.buf = BytesMut::new();
         }
         outcome
     }
@@ -153,5 +162,84 @@ impl Connection {
     pub fn reset(&mut self) {
         self.stream = None;
         self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// Serves one connection: reads a request head and body, then writes `response`.
+    fn serve_once(response: Vec<u8>) -> std::net::SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !request.ends_with(b"\r\n\r\n{}\n") {
+                let n = stream.read(&mut chunk).expect("read");
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&chunk[..n]);
+            }
+            let _ = stream.write_all(&response);
+        });
+        addr
+    }
+
+    fn request() -> Request {
+        Request {
+            head: Bytes::from_static(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n"),
+            body: Bytes::from_static(b"{}\n"),
+        }
+    }
+
+    fn send(
+        addr: std::net::SocketAddr,
+        request: &Request,
+    ) -> (Result<Response, ClientError>, usize) {
+        let url = UpstreamUrl::parse(&format!("http://{addr}/")).expect("url");
+        let mut connection = Connection::new(url);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let outcome = runtime.block_on(connection.send(request, Duration::from_secs(5)));
+        (outcome, connection.buf.capacity())
+    }
+
+    #[test]
+    fn large_response_buffer_not_kept() {
+        let body = vec![b'\n'; 1 << 20];
+        let mut response =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        response.extend_from_slice(&body);
+        let (outcome, capacity) = send(serve_once(response), &request());
+        let response = outcome.expect("response");
+        assert_eq!(response.body.len(), 1 << 20);
+        assert!(response.keep_alive);
+        assert!(capacity <= MAX_KEPT_BUFFER, "kept a {capacity}-byte buffer");
+    }
+
+    #[test]
+    fn endless_response_head_fails_at_limit() {
+        // A head line that never ends, larger than the limit.
+        let mut response = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+        response.resize(4 * super::super::response::MAX_RESPONSE_HEAD, b'a');
+        let (outcome, capacity) = send(serve_once(response), &request());
+        assert!(
+            matches!(
+                outcome,
+                Err(ClientError::Response(ResponseError::HeadTooLarge { .. }))
+            ),
+            "{outcome:?}"
+        );
+        assert!(capacity <= MAX_KEPT_BUFFER, "kept a {capacity}-byte buffer");
     }
 }

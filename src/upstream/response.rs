@@ -12,6 +12,10 @@ use serde_json::value::RawValue;
 /// Most response header fields read.
 const MAX_HEADERS: usize = 64;
 
+/// Largest response head read (bytes). A server that sends more without ending its head
+/// fails the request, so it cannot make the client buffer without limit until the timeout.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
 /// A response that cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
@@ -19,10 +23,16 @@ pub enum ResponseError {
     BodyTooLarge { max: usize },
     #[error("invalid chunked body")]
     Chunked,
+    #[error(
+        "chunked body above {max} bytes as sent, chunk sizes, extensions and trailers included"
+    )]
+    ChunkedTooLarge { max: usize },
     #[error("invalid Content-Length; it must be decimal digits, the same in every field line")]
     ContentLength,
     #[error("invalid response head")]
     Head,
+    #[error("response head above {max} bytes")]
+    HeadTooLarge { max: usize },
     #[error("unsupported Transfer-Encoding; send Content-Length or `chunked` alone")]
     TransferCoding,
 }
@@ -37,9 +47,10 @@ pub struct Response {
 }
 
 /// Parses one response from the front of `buf`. Returns `Ok(None)` until it is complete,
-/// then removes it from `buf`. Bodies above `max_body` bytes fail. Pass `closed` once the
-/// server has closed the connection, so that `buf` contains everything it sent. That
-/// completes a response whose body is delimited by the close.
+/// then removes it from `buf`. Bodies above `max_body` bytes fail, and so do heads above
+/// [`MAX_RESPONSE_HEAD`] bytes and chunked bodies that take more than twice `max_body` bytes
+/// as sent. Pass `closed` once the server has closed the connection, so that `buf` contains
+/// everything it sent. That completes a response whose body is delimited by the close.
 pub fn parse_response(
     buf: &mut BytesMut,
     max_body: usize,
@@ -49,6 +60,11 @@ pub fn parse_response(
     let mut parsed = httparse::Response::new(&mut headers);
     let head_len = match parsed.parse(buf) {
         Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD => {
+            return Err(ResponseError::HeadTooLarge {
+                max: MAX_RESPONSE_HEAD,
+            });
+        }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ResponseError::Head),
     };
@@ -106,9 +122,14 @@ pub fn parse_response(
     }
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
     if chunked {
-        let Some((body, consumed)) =
-            decode_chunked(buf.get(head_len..).unwrap_or_default(), max_body)?
-        else {
+        let sent = buf.get(head_len..).unwrap_or_default();
+        let Some((body, consumed)) = decode_chunked(sent, max_body)? else {
+            // Chunk extensions and trailer fields have no length limit of their own, and
+            // one-byte chunks take six bytes each.
+            let max_sent = max_body.saturating_mul(2);
+            if sent.len() > max_sent {
+                return Err(ResponseError::ChunkedTooLarge { max: max_sent });
+            }
             return Ok(None);
         };
         buf.advance(head_len + consumed);
@@ -411,6 +432,46 @@ mod tests {
             parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").unwrap_err(),
             ResponseError::Chunked
         );
+    }
+
+    #[test]
+    fn parse_endless_head_fails_at_limit() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Long: "[..]);
+        buf.resize(MAX_RESPONSE_HEAD, b'a');
+        assert!(parse_response(&mut buf, 1024, false).unwrap().is_none());
+        buf.extend_from_slice(b"a");
+        assert_eq!(
+            parse_response(&mut buf, 1024, false).unwrap_err(),
+            ResponseError::HeadTooLarge {
+                max: MAX_RESPONSE_HEAD
+            }
+        );
+    }
+
+    #[test]
+    fn parse_chunked_framing_is_bounded() {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let max_sent = 2 * 1024;
+        // Each case is exactly `max_sent` bytes after the head and not yet complete.
+        let extension = format!("1;{}", "x".repeat(max_sent - 2));
+        let trailer = format!("0\r\nX-T: {}", "b".repeat(max_sent - 8));
+        // 341 one-byte chunks, then the start of a chunk size.
+        let tiny_chunks = format!("{}10", "1\r\na\r\n".repeat(341));
+        for (name, sent) in [
+            ("extension", extension),
+            ("trailer", trailer),
+            ("tiny chunks", tiny_chunks),
+        ] {
+            assert_eq!(sent.len(), max_sent, "{name}");
+            let text = format!("{head}{sent}");
+            assert!(parse(&text).unwrap().is_none(), "{name} at the limit");
+            let over = format!("{text}a");
+            assert_eq!(
+                parse(&over).unwrap_err(),
+                ResponseError::ChunkedTooLarge { max: max_sent },
+                "{name} above the limit"
+            );
+        }
     }
 
     #[test]
