@@ -709,11 +709,18 @@ fn single_connection_reply(status: u16, reply: &AdminReply) -> Reply {
 
 /// Drops repeated items and keeps the first of each in place, so a user or connection named
 /// twice in one request gets one message or close and is counted once.
-fn unique_in_order<T: Eq + Hash + Clone>(items: Vec<T>) -> Vec<T> {
-    let mut seen = HashSet::with_capacity(items.len());
+///
+/// The set holds references, not copies: a 1 MiB body can name over 100,000 users, and a
+/// copy of each would add one allocation per user to every request in flight.
+fn unique_in_order<T: Eq + Hash>(items: Vec<T>) -> Vec<T> {
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(items.len());
+        items.iter().map(|item| seen.insert(item)).collect()
+    };
     items
         .into_iter()
-        .filter(|item| seen.insert(item.clone()))
+        .zip(keep)
+        .filter_map(|(item, keep)| keep.then_some(item))
         .collect()
 }
 
