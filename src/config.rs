@@ -67,6 +67,22 @@ pub enum ConfigError {
     },
 }
 
+/// Returns a hint for a parse error about a value of the wrong type. `message` is the TOML
+/// parser's text, which ends by naming the expected type, for integers by its Rust name.
+fn type_hint(message: &str) -> Option<&'static str> {
+    let (_, expected) = message.rsplit_once(", expected ")?;
+    let hint = match expected.trim() {
+        "usize" | "u64" | "u32" | "u16" | "u8" => {
+            "write a whole number of 0 or more without quotes, for example 65536"
+        }
+        "a boolean" => "write true or false without quotes",
+        "a string" => "write the value in double quotes",
+        "a sequence" => "write a list in square brackets, for example [\"10.0.0.1\"]",
+        _ => return None,
+    };
+    Some(hint)
+}
+
 /// Returns a hint for a parse error about an unknown key: the known key closest to it by
 /// edit distance, or the table it belongs in when it is a key of `[auth]` or `[upstream]`
 /// written at the top level. `message` is the TOML parser's text, which names the unknown
@@ -415,6 +431,9 @@ impl Config {
             if let Some(hint) = unknown_key_hint(&message) {
                 message.push('\n');
                 message.push_str(&hint);
+            } else if let Some(hint) = type_hint(&message) {
+                message.push('\n');
+                message.push_str(hint);
             }
             ConfigError::Parse {
                 path: origin.to_path_buf(),
@@ -1184,6 +1203,34 @@ mod tests {
         assert!(
             !far.contains("did you mean"),
             "no hint for a key like no other: {far}"
+        );
+    }
+
+    #[test]
+    fn wrong_type_gets_plain_hint() {
+        let cases = [
+            ("workers = -1\n", "write a whole number of 0 or more"),
+            (
+                "max_message_bytes = \"big\"\n",
+                "write a whole number of 0 or more",
+            ),
+            ("json = \"yes\"\n", "write true or false"),
+            ("listen = 8080\n", "write the value in double quotes"),
+            (
+                "trusted_proxies = \"10.0.0.1\"\n",
+                "write a list in square brackets",
+            ),
+        ];
+        for (text, hint) in cases {
+            let error = parse(text).expect_err("wrong type").to_string();
+            assert!(error.contains(hint), "{text}: {error}");
+        }
+        let variant = parse("backend = \"foo\"\n")
+            .expect_err("unknown backend")
+            .to_string();
+        assert!(
+            !variant.contains("write "),
+            "the variants are listed: {variant}"
         );
     }
 
