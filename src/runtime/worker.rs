@@ -542,9 +542,7 @@ async fn read_upgrade(
             }
         }
 
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(2048);
-        }
+        make_room_for_head(&mut buf);
         let len = buf.len();
         let capacity = buf.capacity();
         let (result, slice) = stream.read(buf.slice(len..capacity)).await;
@@ -554,6 +552,24 @@ async fn read_upgrade(
             Ok(_) => {}
         }
     }
+}
+
+/// Free bytes below which an upgrade's buffer grows before its next read.
+const HEAD_READ_MIN: usize = 512;
+/// Bytes an upgrade's buffer grows by.
+const HEAD_READ_STEP: usize = 2048;
+
+/// Makes room for the next read of an upgrade request: [`HEAD_READ_STEP`] more bytes when
+/// fewer than [`HEAD_READ_MIN`] are free. The room is added exactly, because
+/// `BytesMut::reserve` doubles a full buffer, and a head close to `max_request_head_bytes`
+/// then took about twice that while its upgrade was pending.
+fn make_room_for_head(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() >= HEAD_READ_MIN || buf.try_reclaim(HEAD_READ_STEP) {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + HEAD_READ_STEP);
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 /// Returns the client address for limits and logs: the first untrusted hop of `X-Forwarded-For`
@@ -1510,6 +1526,23 @@ fn error_frame(code: &str, detail: &str, id: Option<&Bytes>) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn head_buffer_grows_exactly() {
+        // An 8,000-byte head whose bytes are always waiting, so every read fills the buffer.
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut largest = buf.capacity();
+        while buf.len() < 8000 {
+            make_room_for_head(&mut buf);
+            largest = largest.max(buf.capacity());
+            let count = (buf.capacity() - buf.len()).min(8000 - buf.len());
+            buf.extend_from_slice(&vec![b'a'; count]);
+        }
+        assert!(
+            largest <= 8000 + HEAD_READ_STEP,
+            "buffer grew to {largest} bytes for an 8,000-byte head"
+        );
+    }
+
     #[test]
     fn log_safe_escapes_field_breakers() {
         use super::LogSafe;
