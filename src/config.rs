@@ -428,12 +428,11 @@ impl Config {
     pub fn from_toml(text: &str, origin: &std::path::Path) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(text).map_err(|err| {
             let mut message = err.to_string().trim_end().to_owned();
-            if let Some(hint) = unknown_key_hint(&message) {
+            let hint =
+                unknown_key_hint(&message).or_else(|| type_hint(&message).map(str::to_owned));
+            if let Some(hint) = hint {
                 message.push('\n');
                 message.push_str(&hint);
-            } else if let Some(hint) = type_hint(&message) {
-                message.push('\n');
-                message.push_str(hint);
             }
             ConfigError::Parse {
                 path: origin.to_path_buf(),

@@ -900,9 +900,9 @@ async fn flush_control(worker: &Worker, conn: &Conn) {
 /// Writes `buf` whole; a failure marks the connection failed. Returns the buffer for reuse.
 ///
 /// A batch usually fits the socket's send buffer, so it first goes out with one non-blocking
-/// `sendmsg`, which costs less than an io_uring write and its completion. Only what the
-/// socket did not take waits for an io_uring write. The user's task is the connection's only
-/// writer and never drops a write in flight, so the two kinds never overlap.
+/// `sendmsg`, without an io_uring submission, completion and wake-up. Only what the socket
+/// did not take waits for an io_uring write. The user's task is the connection's only writer
+/// and never drops a write in flight, so the two kinds of write never overlap.
 async fn write(worker: &Worker, conn: &Conn, mut buf: Vec<u8>) -> Vec<u8> {
     let sent = match crate::runtime::send_now(&conn.stream, &[std::io::IoSlice::new(&buf)], false) {
         Ok(sent) => Ok(sent),
@@ -1353,8 +1353,8 @@ async fn read_loop(
                 payload: buf.get(header.header_len..frame_len).unwrap_or_default(),
             };
             let handled = on_frame(&worker, &user, &conn, received_at, frame, &mut fragments);
-            // Advanced, not split off: a split would share the buffer's allocation with a
-            // reference count that every frame would then touch twice.
+            // `advance` rather than `split_to`, because a split shares the allocation through a
+            // reference count that each frame would change twice.
             buf.advance(frame_len.min(buf.len()));
             if !handled {
                 worker.stats.borrow_mut().errors.protocol += 1;

@@ -710,7 +710,7 @@ fn single_connection_reply(status: u16, reply: &AdminReply) -> Reply {
 /// Drops repeated items and keeps the first of each in place, so a user or connection named
 /// twice in one request gets one message or close and is counted once.
 ///
-/// The set holds references, not copies: a 1 MiB body can name over 100,000 users, and a
+/// The set contains references, not copies. A 1 MiB body can name over 100,000 users, and a
 /// copy of each would add one allocation per user to every request in flight.
 fn unique_in_order<T: Eq + Hash>(items: Vec<T>) -> Vec<T> {
     let keep: Vec<bool> = {

@@ -130,12 +130,20 @@ fn reserve_waiting(buf: &mut BytesMut, read_size: usize) -> bool {
     if needed > MAX_READS_BUFFERED * read_size {
         return false;
     }
-    if !buf.try_reclaim(read_size) {
-        let mut grown = BytesMut::with_capacity(needed);
-        grown.extend_from_slice(buf);
-        *buf = grown;
-    }
+    grow_exact(buf, read_size);
     true
+}
+
+/// Makes room in `buf` for `additional` more bytes without the doubling of
+/// `BytesMut::reserve`. The current allocation is reused when its free space is enough, and
+/// otherwise the bytes move to a new allocation of exactly the size needed.
+pub(super) fn grow_exact(buf: &mut BytesMut, additional: usize) {
+    if buf.try_reclaim(additional) {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + additional);
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 /// The parts of a connection that other tasks of the worker touch: its outbox and wake-ups.

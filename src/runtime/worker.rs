@@ -564,12 +564,9 @@ const HEAD_READ_STEP: usize = 2048;
 /// `BytesMut::reserve` doubles a full buffer, and a head close to `max_request_head_bytes`
 /// then took about twice that while its upgrade was pending.
 fn make_room_for_head(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() >= HEAD_READ_MIN || buf.try_reclaim(HEAD_READ_STEP) {
-        return;
+    if buf.capacity() - buf.len() < HEAD_READ_MIN {
+        super::conn::grow_exact(buf, HEAD_READ_STEP);
     }
-    let mut grown = BytesMut::with_capacity(buf.len() + HEAD_READ_STEP);
-    grown.extend_from_slice(buf);
-    *buf = grown;
 }
 
 /// Returns the client address for limits and logs: the first untrusted hop of `X-Forwarded-For`
