@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 use std::io::IoSlice;
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,7 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::Config;
-use crate::frame::reader::{Event, MessageKind, MessageReader, ReaderConfig};
+use crate::frame::reader::{Event, InPlace, MessageKind, MessageReader, ReaderConfig};
 use crate::frame::{CloseCode, OpCode, encode};
 use crate::handshake::{self, HandshakeConfig, RejectReason, TokenSource, Upgrade};
 use crate::http::{ParserLimits, RequestParser, Status};
@@ -60,19 +61,35 @@ pub struct Outbox {
 impl Outbox {
     /// Queues one unfragmented server frame (never masked, RFC 6455 §5.1).
     pub fn push_frame(&mut self, opcode: OpCode, payload: &Bytes) {
-        self.tail_pong_at = None;
-        self.frames += 1;
-        encode::encode_header(&mut self.gather, true, opcode, payload.len());
-        self.queued_bytes += header_len(payload.len()) + payload.len();
         // A payload slice keeps its whole read buffer alive, and `queued_bytes` counts only
         // the slice. That is harmless while the queue leaves at the end of the read, but not
         // while it waits for a peer that does not read, so then the payload is copied.
-        if payload.len() <= INLINE_PAYLOAD_MAX || self.backed_up {
-            self.gather.extend_from_slice(payload);
+        if !self.copies(payload.len()) {
+            self.push_header(opcode, payload.len());
+            self.flush_gather();
+            self.segments.push(payload.clone());
             return;
         }
-        self.flush_gather();
-        self.segments.push(payload.clone());
+        self.push_frame_copy(opcode, payload);
+    }
+
+    /// Queues one unfragmented server frame with a copy of `payload`.
+    pub fn push_frame_copy(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.push_header(opcode, payload.len());
+        self.gather.extend_from_slice(payload);
+    }
+
+    /// True when [`Outbox::push_frame`] would copy a payload of `len` bytes, so a caller
+    /// holding it as a slice loses nothing by calling [`Outbox::push_frame_copy`].
+    pub fn copies(&self, len: usize) -> bool {
+        len <= INLINE_PAYLOAD_MAX || self.backed_up
+    }
+
+    fn push_header(&mut self, opcode: OpCode, len: usize) {
+        self.tail_pong_at = None;
+        self.frames += 1;
+        encode::encode_header(&mut self.gather, true, opcode, len);
+        self.queued_bytes += header_len(len) + len;
     }
 
     /// Queues bytes that are already a complete frame (or several).
@@ -377,24 +394,73 @@ impl From<&Config> for SessionConfig {
 }
 
 /// A message that passed every check, ready for the backend.
-#[derive(Clone)]
-pub struct Accepted {
+///
+/// A message sent in one frame is still the front of the read buffer, borrowed here, and
+/// dropping the `Accepted` removes it from there. So the caller hands the message to the
+/// backend, then calls [`Session::on_read`] again.
+pub struct Accepted<'b> {
     pub kind: MessageKind,
-    /// The message as received (unmasked), shared with the read buffer.
-    pub payload: Bytes,
-    /// Raw JSON text of the client's `id`, if it sent one.
-    pub id: Option<Bytes>,
+    payload: Payload<'b>,
+    /// Byte range of the client's raw JSON `id` in the payload, if it sent one.
+    id: Option<Range<usize>>,
     /// Recipient user id from the `to` field, if present.
     pub to: Option<String>,
 }
 
-impl std::fmt::Debug for Accepted {
+/// Location of an accepted message's bytes.
+enum Payload<'b> {
+    /// The first `len` bytes of the read buffer (unmasked).
+    Front { buf: &'b mut BytesMut, len: usize },
+    /// A message reassembled from fragments.
+    Owned(Bytes),
+}
+
+impl Accepted<'_> {
+    /// Returns the message as received (unmasked).
+    pub fn payload(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Front { buf, len } => &buf[..*len],
+            Payload::Owned(bytes) => bytes,
+        }
+    }
+
+    /// Returns the raw JSON text of the client's `id`, if it sent one.
+    pub fn id(&self) -> Option<&[u8]> {
+        let range = self.id.clone()?;
+        self.payload().get(range)
+    }
+
+    /// Takes the payload as shared bytes, for a caller that keeps it past the next read: a
+    /// message still in the read buffer is split off it without a copy.
+    pub fn into_payload(mut self) -> Bytes {
+        match &mut self.payload {
+            Payload::Front { buf, len } => buf.split_to(std::mem::take(len)).freeze(),
+            Payload::Owned(bytes) => std::mem::take(bytes),
+        }
+    }
+}
+
+impl Drop for Accepted<'_> {
+    fn drop(&mut self) {
+        if let Payload::Front { buf, len } = &mut self.payload {
+            buf.advance(*len);
+        }
+    }
+}
+
+impl std::fmt::Debug for Accepted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accepted")
             .field("kind", &self.kind)
-            .field("payload_len", &self.payload.len())
+            .field("payload_len", &self.payload().len())
             .finish_non_exhaustive()
     }
+}
+
+/// Fields the JSON check found in a message it passed.
+struct Fields {
+    id: Option<Range<usize>>,
+    to: Option<String>,
 }
 
 /// Counts kept by a [`Session`] for the caller's metrics; [`Session::take_tally`] hands them
@@ -490,28 +556,27 @@ impl Session {
     }
 
     /// Handles complete frames in `buf`: control replies, close and error frames go to `out`.
-    /// Stops after the first message that passes all checks, which is appended to `accepted`,
-    /// so the caller can queue the backend's reply in order; call again until a call accepts
-    /// nothing. `user_bucket` is the per-user rate shared by all of the user's connections,
-    /// when one is configured.
-    pub fn on_read(
+    /// Stops at the first message that passes all checks and returns it with
+    /// [`Flow::Continue`], so the caller can queue the backend's reply in order. Call again
+    /// until a call returns no message. `user_bucket` is the per-user rate shared by all of
+    /// the user's connections, when one is configured.
+    pub fn on_read<'b>(
         &mut self,
-        buf: &mut BytesMut,
+        buf: &'b mut BytesMut,
         now: Instant,
         out: &mut Outbox,
-        accepted: &mut Vec<Accepted>,
         mut user_bucket: Option<&mut TokenBucket>,
-    ) -> Flow {
+    ) -> (Flow, Option<Accepted<'b>>) {
         if self.closed {
             // RFC 6455 §5.5.1: after sending a close frame the endpoint sends no more data,
             // and what the peer sends before its own close is discarded.
             buf.clear();
-            return Flow::Continue;
+            return (Flow::Continue, None);
         }
         loop {
-            let event = match self.reader.next_event(buf) {
+            let event = match self.reader.next_in_place(buf) {
                 Ok(Some(event)) => event,
-                Ok(None) => return Flow::Continue,
+                Ok(None) => return (Flow::Continue, None),
                 Err(err) => {
                     let code = CloseCode::from(&err);
                     if code == CloseCode::UNSUPPORTED_DATA {
@@ -523,44 +588,52 @@ impl Session {
                             None,
                         );
                     }
-                    return self.close(out, code, &err.to_string(), false);
+                    return (self.close(out, code, &err.to_string(), false), None);
                 }
             };
             self.tally.frames_in += 1;
-            match event {
-                Event::Ping(payload) => out.push_pong(&payload),
-                // RFC 6455 §5.5.3: an unsolicited pong needs no answer.
-                Event::Pong(_) => {}
-                Event::Close { code, reason } => {
-                    return self.answer_close(out, code, &reason);
+            // A message sent in one frame is the first `len` bytes of `buf`.
+            let (kind, assembled, len) = match event {
+                InPlace::Message { kind, len } => (kind, None, len),
+                InPlace::Event(Event::Message { kind, payload }) => (kind, Some(payload), 0),
+                InPlace::Event(Event::Ping(payload)) => {
+                    out.push_pong(&payload);
+                    continue;
                 }
-                Event::Message { kind, payload } => {
-                    let verdict =
-                        self.check_message(kind, payload, now, user_bucket.as_deref_mut());
-                    match verdict {
-                        Ok(message) => {
-                            self.tally.accepted += 1;
-                            self.violations = 0;
-                            accepted.push(message);
-                            // Return so the caller hands the message to the backend before
-                            // any later reply is queued: replies keep the order of the input.
-                            return Flow::Continue;
-                        }
-                        Err(rejection) => {
-                            rejection.count(&mut self.tally);
-                            rejection.write(out, &self.rules);
-                            self.violations += 1;
-                            if self.violations >= self.max_violations {
-                                let reason =
-                                    format!("{} consecutive rejected messages", self.violations);
-                                return self.close(
-                                    out,
-                                    CloseCode::POLICY_VIOLATION,
-                                    &reason,
-                                    false,
-                                );
-                            }
-                        }
+                // RFC 6455 §5.5.3: an unsolicited pong needs no answer.
+                InPlace::Event(Event::Pong(_)) => continue,
+                InPlace::Event(Event::Close { code, .. }) => {
+                    return (self.answer_close(out, code), None);
+                }
+            };
+            let text = assembled.as_deref().unwrap_or(&buf[..len]);
+            match self.check_message(kind, text, now, user_bucket.as_deref_mut()) {
+                Ok(fields) => {
+                    self.tally.accepted += 1;
+                    self.violations = 0;
+                    let payload = match assembled {
+                        Some(bytes) => Payload::Owned(bytes),
+                        None => Payload::Front { buf, len },
+                    };
+                    // Return so the caller hands the message to the backend before any later
+                    // reply is queued: replies keep the order of the input.
+                    let accepted = Accepted {
+                        kind,
+                        payload,
+                        id: fields.id,
+                        to: fields.to,
+                    };
+                    return (Flow::Continue, Some(accepted));
+                }
+                Err(rejection) => {
+                    buf.advance(len);
+                    rejection.count(&mut self.tally);
+                    rejection.write(out, &self.rules);
+                    self.violations += 1;
+                    if self.violations >= self.max_violations {
+                        let reason = format!("{} consecutive rejected messages", self.violations);
+                        let flow = self.close(out, CloseCode::POLICY_VIOLATION, &reason, false);
+                        return (flow, None);
                     }
                 }
             }
@@ -583,7 +656,7 @@ impl Session {
     }
 
     /// RFC 6455 §5.5.1: answer a close with a close, echoing the peer's status code.
-    fn answer_close(&mut self, out: &mut Outbox, code: Option<CloseCode>, _reason: &Bytes) -> Flow {
+    fn answer_close(&mut self, out: &mut Outbox, code: Option<CloseCode>) -> Flow {
         self.closed = true;
         match code {
             Some(code) => {
@@ -607,21 +680,19 @@ impl Session {
     fn check_message(
         &mut self,
         kind: MessageKind,
-        payload: Bytes,
+        payload: &[u8],
         now: Instant,
         user_bucket: Option<&mut TokenBucket>,
-    ) -> Result<Accepted, Rejection> {
-        let mut id = None;
-        let mut to = None;
+    ) -> Result<Fields, Rejection> {
+        let mut fields = Fields { id: None, to: None };
         if kind == MessageKind::Text && self.rules.json {
-            match message::check(&payload, &self.rules) {
+            match message::check(payload, &self.rules) {
                 Ok(checked) => {
-                    id = checked.id.map(|raw| payload.slice_ref(raw.as_bytes()));
-                    to = checked.to.map(|to| to.into_owned());
+                    fields.id = checked.id.map(|raw| range_in(payload, raw.as_bytes()));
+                    fields.to = checked.to.map(|to| to.into_owned());
                 }
                 Err(invalid) => {
-                    let id =
-                        message::client_id(&payload).map(|raw| payload.slice_ref(raw.as_bytes()));
+                    let id = message::client_id(payload).map(str::to_owned);
                     return Err(Rejection::Invalid { invalid, id });
                 }
             }
@@ -641,27 +712,32 @@ impl Session {
         }
         if let Some(wait) = retry_after {
             let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let id = fields
+                .id
+                .and_then(|range| std::str::from_utf8(payload.get(range)?).ok())
+                .map(str::to_owned);
             return Err(Rejection::RateLimited { retry_after_ms, id });
         }
-
-        Ok(Accepted {
-            kind,
-            payload,
-            id,
-            to,
-        })
+        Ok(fields)
     }
+}
+
+/// Position of `part`, a subslice of `whole`, within `whole`.
+fn range_in(whole: &[u8], part: &[u8]) -> Range<usize> {
+    let start = (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize);
+    debug_assert!(start + part.len() <= whole.len(), "not a subslice");
+    start..start + part.len()
 }
 
 /// Reason a message was rejected. Each rejection becomes one error frame.
 enum Rejection {
     Invalid {
         invalid: message::Invalid,
-        id: Option<Bytes>,
+        id: Option<String>,
     },
     RateLimited {
         retry_after_ms: u64,
-        id: Option<Bytes>,
+        id: Option<String>,
     },
 }
 
@@ -681,18 +757,19 @@ impl Rejection {
         match self {
             Self::Invalid { invalid, id } => {
                 let detail = invalid.detail(rules).to_string();
-                out.push_error(invalid.code(), &detail, id_text(id), None);
+                out.push_error(invalid.code(), &detail, id.as_deref(), None);
             }
             Self::RateLimited { retry_after_ms, id } => {
                 let detail = format!("message rate exceeded; retry in {retry_after_ms} ms");
-                out.push_error("rate_limited", &detail, id_text(id), Some(*retry_after_ms));
+                out.push_error(
+                    "rate_limited",
+                    &detail,
+                    id.as_deref(),
+                    Some(*retry_after_ms),
+                );
             }
         }
     }
-}
-
-fn id_text(id: &Option<Bytes>) -> Option<&str> {
-    id.as_ref().and_then(|raw| std::str::from_utf8(raw).ok())
 }
 
 /// Cuts a close reason to what fits in a control frame, on a character boundary.
@@ -789,20 +866,86 @@ mod tests {
         frames
     }
 
-    type RunResult = (Flow, Vec<(u8, Vec<u8>)>, Vec<Accepted>);
+    /// An accepted message copied out of the read buffer.
+    struct Copied {
+        payload: Vec<u8>,
+        id: Option<Vec<u8>>,
+        to: Option<String>,
+    }
+
+    type RunResult = (Flow, Vec<(u8, Vec<u8>)>, Vec<Copied>);
 
     fn run(session: &mut Session, input: &[u8], now: Instant) -> RunResult {
         let mut buf = BytesMut::from(input);
         let mut out = Outbox::default();
         let mut accepted = Vec::new();
         let flow = loop {
-            let before = accepted.len();
-            let flow = session.on_read(&mut buf, now, &mut out, &mut accepted, None);
-            if flow != Flow::Continue || accepted.len() == before {
+            let (flow, message) = session.on_read(&mut buf, now, &mut out, None);
+            let Some(message) = message else {
                 break flow;
-            }
+            };
+            assert_eq!(flow, Flow::Continue, "a message comes with Continue");
+            accepted.push(Copied {
+                payload: message.payload().to_vec(),
+                id: message.id().map(<[u8]>::to_vec),
+                to: message.to.clone(),
+            });
         };
         (flow, server_frames(&mut out), accepted)
+    }
+
+    #[test]
+    fn accepted_message_leaves_buffer() {
+        let config = SessionConfig::from(&Config::default());
+        let now = Instant::now();
+        let mut session = Session::new(&config, now);
+        let mut out = Outbox::default();
+        let first = br#"{"id":1,"to":"bob","conversation_id":"k","content":"a"}"#;
+        let second = br#"{"to":"bob","conversation_id":"k","content":"b"}"#;
+        let mut buf = BytesMut::from(
+            [client_frame(true, 1, first), client_frame(true, 1, second)]
+                .concat()
+                .as_slice(),
+        );
+
+        let (_, message) = session.on_read(&mut buf, now, &mut out, None);
+        let message = message.expect("first message");
+        assert_eq!(message.payload(), first);
+        assert_eq!(message.id(), Some(&b"1"[..]));
+        drop(message);
+        // The second frame, still masked, is what is left.
+        assert_eq!(buf.len(), client_frame(true, 1, second).len());
+
+        let (_, message) = session.on_read(&mut buf, now, &mut out, None);
+        let payload = message.expect("second message").into_payload();
+        assert_eq!(&payload[..], second);
+        assert!(buf.is_empty());
+        assert_eq!(
+            session.on_read(&mut buf, now, &mut out, None).0,
+            Flow::Continue
+        );
+    }
+
+    #[test]
+    fn rejected_message_leaves_buffer() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut out = Outbox::default();
+        let bad = client_frame(true, 1, b"{not json");
+        let good = client_frame(true, 1, CHAT);
+        let mut buf = BytesMut::from([bad, good].concat().as_slice());
+        let (flow, message) = session.on_read(&mut buf, now, &mut out, None);
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!(
+            message
+                .expect("the valid message after the bad one")
+                .payload(),
+            CHAT
+        );
+        assert!(buf.is_empty());
+        let frames = server_frames(&mut out);
+        assert_eq!(frames.len(), 1, "one error frame");
+        assert!(String::from_utf8_lossy(&frames[0].1).contains("invalid_json"));
     }
 
     const CHAT: &[u8] = br#"{"id":"c1","conversation_id":"k","content":"hi","to":"bob"}"#;

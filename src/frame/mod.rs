@@ -15,7 +15,7 @@ pub mod reader;
 pub use decode::{HeaderLimits, Role, decode_header};
 pub use encode::{encode_close, encode_header};
 pub use mask::{apply_mask, apply_mask_plain};
-pub use reader::{Event, MessageKind, MessageReader, ReaderConfig};
+pub use reader::{Event, InPlace, MessageKind, MessageReader, ReaderConfig};
 
 /// Largest payload of a close, ping or pong frame (RFC 6455 §5.5).
 pub const MAX_CONTROL_PAYLOAD: usize = 125;

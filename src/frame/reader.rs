@@ -4,7 +4,9 @@
 //! unmasks each payload byte once as it arrives. It checks text as UTF-8 while it streams in,
 //! assembles fragmented messages (RFC 6455 §5.4) and enforces the message size cap before any
 //! payload is buffered. A message sent in one frame is handed out without a copy: its payload
-//! is split off the read buffer. Only fragmented messages are copied, into an assembly buffer.
+//! is split off the read buffer ([`MessageReader::next_event`]) or left at the front of it for
+//! the caller to use and remove ([`MessageReader::next_in_place`]). Only fragmented messages
+//! are copied, into an assembly buffer.
 //!
 //! The reader does not write frames, reply to pings or track the closing handshake: the caller
 //! sends the pong for a [`Event::Ping`] and stops reading after [`Event::Close`] (§5.5.1).
@@ -59,6 +61,16 @@ pub enum Event {
     Pong(Bytes),
 }
 
+/// Event returned by [`MessageReader::next_in_place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InPlace {
+    /// A control frame or a reassembled fragmented message, owned as from `next_event`.
+    Event(Event),
+    /// A message sent in one frame. Its payload, unmasked and checked, is the first `len` bytes
+    /// of the read buffer, and the caller removes them before the next call.
+    Message { kind: MessageKind, len: usize },
+}
+
 impl fmt::Debug for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -100,7 +112,7 @@ pub struct MessageReader {
 enum Target {
     /// Close, ping or pong: kept in the read buffer until complete.
     Control(OpCode),
-    /// A whole message in one frame: kept in the read buffer, then split off without a copy.
+    /// A whole message in one frame: kept in the read buffer and handed out without a copy.
     Single(MessageKind),
     /// Part of a fragmented message: copied into the assembly buffer as it arrives.
     Fragment,
@@ -157,6 +169,21 @@ impl MessageReader {
     ///
     /// Panics if bytes that an earlier call left in `buf` were removed by the caller.
     pub fn next_event(&mut self, buf: &mut BytesMut) -> Result<Option<Event>, DecodeError> {
+        Ok(match self.next_in_place(buf)? {
+            None => None,
+            Some(InPlace::Event(event)) => Some(event),
+            Some(InPlace::Message { kind, len }) => Some(Event::Message {
+                kind,
+                payload: buf.split_to(len).freeze(),
+            }),
+        })
+    }
+
+    /// Like [`MessageReader::next_event`], but a message sent in one frame stays at the front
+    /// of `buf` instead of being split off, so a caller that only reads the payload touches no
+    /// reference count. After [`InPlace::Message`] the caller must remove those `len` bytes
+    /// (`advance` or `split_to`) before calling again; otherwise they are decoded as a frame.
+    pub fn next_in_place(&mut self, buf: &mut BytesMut) -> Result<Option<InPlace>, DecodeError> {
         loop {
             let mut frame = match self.frame.take() {
                 Some(frame) => frame,
@@ -322,16 +349,21 @@ impl MessageReader {
         &mut self,
         frame: &Frame,
         buf: &mut BytesMut,
-    ) -> Result<Option<Event>, DecodeError> {
+    ) -> Result<Option<InPlace>, DecodeError> {
         let event = match frame.target {
             Target::Control(opcode) => {
-                let payload = buf.split_to(frame.buffered).freeze();
+                // At most 125 bytes. A copy leaves the read buffer unshared, so it keeps
+                // growing and compacting in place.
+                let payload = Bytes::copy_from_slice(&buf[..frame.buffered]);
+                buf.advance(frame.buffered);
                 control_event(opcode, payload)?
             }
             Target::Single(kind) => {
                 self.finish_text(kind)?;
-                let payload = buf.split_to(frame.buffered).freeze();
-                Event::Message { kind, payload }
+                return Ok(Some(InPlace::Message {
+                    kind,
+                    len: frame.buffered,
+                }));
             }
             Target::Fragment => {
                 if !frame.fin {
@@ -347,7 +379,7 @@ impl MessageReader {
                 }
             }
         };
-        Ok(Some(event))
+        Ok(Some(InPlace::Event(event)))
     }
 
     /// Checks that a text message ended on a code point boundary.

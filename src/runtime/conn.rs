@@ -22,7 +22,7 @@ use tokio_uring::net::TcpStream;
 
 use super::wake::LocalNotify;
 use super::worker::Worker;
-use crate::conn::{Flow, Outbox, Session, Tally};
+use crate::conn::{Accepted, Flow, Outbox, Session, Tally};
 use crate::frame::{CloseCode, OpCode};
 
 /// Most iovecs passed to one `writev` (Linux IOV_MAX).
@@ -399,12 +399,20 @@ impl ConnHandle {
         true
     }
 
-    /// Queues one frame with `payload`.
-    pub(crate) fn push_frame(&self, opcode: OpCode, payload: &Bytes) {
+    /// Queues one frame with the payload of `message`, copied when it is small and shared
+    /// with the read buffer when it is not.
+    pub(crate) fn push_echo(&self, opcode: OpCode, message: Accepted<'_>) {
         if self.close_after_flush.get() || self.dead.get() {
             return;
         }
-        self.outbox.borrow_mut().push_frame(opcode, payload);
+        {
+            let mut outbox = self.outbox.borrow_mut();
+            if outbox.copies(message.payload().len()) {
+                outbox.push_frame_copy(opcode, message.payload());
+            } else {
+                outbox.push_frame(opcode, &message.into_payload());
+            }
+        }
         self.after_push();
     }
 
@@ -455,7 +463,6 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
 
     let read_size = shared.config.read_buffer_bytes;
     let mut session = Session::new(&shared.session, Instant::now());
-    let mut accepted = Vec::new();
     let mut closing = false;
     let mut sizing = ReadSizing::new();
 
@@ -483,18 +490,20 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
         // together: one sendmsg per connection. Nothing awaits until the hold ends below.
         let hold = worker.hold_sends();
         while !buf.is_empty() && !closing {
-            let flow = {
+            let (flow, accepted) = {
                 let mut out = handle.outbox.borrow_mut();
-                worker.with_user_bucket(&handle.user, |bucket| {
-                    session.on_read(&mut buf, now, &mut out, &mut accepted, bucket)
+                let (buf, session) = (&mut buf, &mut session);
+                worker.with_user_bucket(&handle.user, move |bucket| {
+                    session.on_read(buf, now, &mut out, bucket)
                 })
             };
-            let dispatched = !accepted.is_empty();
-            if dispatched {
+            let dispatched = accepted.is_some();
+            if let Some(message) = accepted {
                 handle.last_message_at.set(now);
                 dispatched_count += 1;
+                // Dropping the message removes it from `buf`.
+                worker.dispatch(handle, message);
             }
-            worker.dispatch(handle, &mut accepted);
             if let Flow::Close { code, .. } = flow {
                 handle.close_code.set(Some(code.0));
                 handle.close_after_flush.set(true);
@@ -525,10 +534,6 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
             continue;
         }
 
-        if sizing.quiet() && accepted.capacity() > 0 {
-            // A quiet connection keeps no spare allocation while it waits.
-            accepted = Vec::new();
-        }
         sizing.prepare(&mut buf, session.bytes_wanted(), read_size);
         let len = buf.len();
         let capacity = buf.capacity();

@@ -996,7 +996,7 @@ impl Worker {
         let frame = error_frame(
             "recipient_offline",
             &format!("user {to:?} has no open connection"),
-            reply.id.as_ref(),
+            reply.id.as_deref(),
         );
         self.notify(reply.worker, reply.conn, frame);
     }
@@ -1026,20 +1026,18 @@ impl Worker {
         }
     }
 
-    /// Hands accepted messages to the configured backend.
-    pub(crate) fn dispatch(&self, sender: &ConnHandle, accepted: &mut Vec<Accepted>) {
-        for message in accepted.drain(..) {
-            match self.shared.config.backend {
-                BackendKind::Echo => {
-                    let opcode = match message.kind {
-                        MessageKind::Binary => OpCode::Binary,
-                        MessageKind::Text => OpCode::Text,
-                    };
-                    sender.push_frame(opcode, &message.payload);
-                }
-                BackendKind::Http => self.forward(sender, &message),
-                BackendKind::Relay => self.relay(sender, message),
+    /// Hands an accepted message to the configured backend.
+    pub(crate) fn dispatch(&self, sender: &ConnHandle, message: Accepted<'_>) {
+        match self.shared.config.backend {
+            BackendKind::Echo => {
+                let opcode = match message.kind {
+                    MessageKind::Binary => OpCode::Binary,
+                    MessageKind::Text => OpCode::Text,
+                };
+                sender.push_echo(opcode, message);
             }
+            BackendKind::Http => self.forward(sender, &message),
+            BackendKind::Relay => self.relay(sender, message),
         }
     }
 
@@ -1138,7 +1136,7 @@ impl Worker {
     }
 
     /// Queues a message for the application servers.
-    fn forward(&self, sender: &ConnHandle, message: &Accepted) {
+    fn forward(&self, sender: &ConnHandle, message: &Accepted<'_>) {
         let Some(forwarder) = &self.forwarder else {
             return;
         };
@@ -1148,8 +1146,8 @@ impl Worker {
             sender.next_seq(),
             &sender.user,
             unix_now_millis(),
-            &message.payload,
-            message.id.clone(),
+            message.payload(),
+            message.id().map(Bytes::copy_from_slice),
         );
         forwarder.push(envelope);
         let metrics = self.metrics();
@@ -1316,7 +1314,7 @@ impl Worker {
         let conns = self.conns.borrow();
         for envelope in batch {
             if let Some(handle) = conns.get(&envelope.conn) {
-                handle.push_encoded(&error_frame(code, detail, envelope.client_id.as_ref()));
+                handle.push_encoded(&error_frame(code, detail, envelope.client_id.as_deref()));
             }
         }
         drop(conns);
@@ -1400,17 +1398,17 @@ impl Worker {
 
     /// Delivers a chat message to every connection of its `to` user, with `from` set to the
     /// sender's authenticated user id.
-    fn relay(&self, sender: &ConnHandle, message: Accepted) {
-        let Some(to) = message.to else {
+    fn relay(&self, sender: &ConnHandle, mut message: Accepted<'_>) {
+        let Some(to) = message.to.take() else {
             // The relay adds `to` to the required fields, so the JSON check already rejected it.
             return;
         };
-        let Some(text) = message::with_from(&message.payload, &sender.user) else {
+        let Some(text) = message::with_from(message.payload(), &sender.user) else {
             // Unreachable after a passed JSON check; answer rather than drop.
             let error = error_frame(
                 "invalid_json",
                 "message is not one JSON object",
-                message.id.as_ref(),
+                message.id(),
             );
             sender.push_encoded(&error);
             return;
@@ -1427,7 +1425,7 @@ impl Worker {
                 let error = error_frame(
                     "recipient_offline",
                     &format!("user {to:?} has no open connection"),
-                    message.id.as_ref(),
+                    message.id(),
                 );
                 sender.push_encoded(&error);
             }
@@ -1436,7 +1434,7 @@ impl Worker {
         let reply = Some(ReplyTo {
             worker: self.index,
             conn: sender.id,
-            id: message.id.clone(),
+            id: message.id().map(Bytes::copy_from_slice),
         });
         let delivery = WorkerMsg::Deliver { to, frame, reply };
         if self.shared.inboxes[owner].try_send(delivery).is_err() {
@@ -1453,7 +1451,7 @@ impl Worker {
             let error = error_frame(
                 "overloaded",
                 "the server cannot take this message now; retry shortly",
-                message.id.as_ref(),
+                message.id(),
             );
             sender.push_encoded(&error);
         }
@@ -1511,7 +1509,7 @@ pub(crate) fn text_frame(text: &[u8]) -> Bytes {
 }
 
 /// Encodes an error frame for `code`, echoing the client's raw `id`.
-fn error_frame(code: &str, detail: &str, id: Option<&Bytes>) -> Bytes {
+fn error_frame(code: &str, detail: &str, id: Option<&[u8]>) -> Bytes {
     let id = id.and_then(|raw| std::str::from_utf8(raw).ok());
     let mut text = Vec::with_capacity(96);
     message::write_error(&mut text, code, detail, id, None);
