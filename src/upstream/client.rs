@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Request, Response, ResponseError, UpstreamUrl, parse_response};
+use super::{Request, Response, ResponseError, ResponseReader, UpstreamUrl};
 
 /// Largest response body read (bytes); a larger one fails the request.
 pub const MAX_RESPONSE_BODY: usize = 8 << 20;
@@ -137,8 +137,9 @@ impl Connection {
             .await
             .map_err(ClientError::Io)?;
         let mut closed = false;
+        let mut reader = ResponseReader::new(MAX_RESPONSE_BODY);
         loop {
-            if let Some(response) = parse_response(&mut self.buf, MAX_RESPONSE_BODY, closed)? {
+            if let Some(response) = reader.parse(&mut self.buf, closed)? {
                 // 1xx interim responses come before the final one.
                 if response.status >= 200 {
                     return Ok(response);

@@ -16,4 +16,4 @@ mod response;
 
 pub use envelope::{Envelope, Request, UpstreamUrl, UrlError, encode_envelope, encode_request};
 pub use health::Pool;
-pub use response::{Delivery, Response, ResponseError, Target, parse_deliveries, parse_response};
+pub use response::{Delivery, Response, ResponseError, ResponseReader, Target, parse_deliveries};

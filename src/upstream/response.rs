@@ -16,6 +16,10 @@ const MAX_HEADERS: usize = 64;
 /// fails the request, so it cannot make the client buffer without limit until the timeout.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
+/// Largest chunk-size line, chunk extensions included (bytes). An unfinished line is parsed
+/// again after each read, so its length bounds that work.
+pub const MAX_CHUNK_LINE: usize = 4096;
+
 /// A response that cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ResponseError {
@@ -23,6 +27,8 @@ pub enum ResponseError {
     BodyTooLarge { max: usize },
     #[error("invalid chunked body")]
     Chunked,
+    #[error("chunk-size line above {max} bytes, chunk extensions included")]
+    ChunkLineTooLong { max: usize },
     #[error(
         "chunked body above {max} bytes as sent, chunk sizes, extensions and trailers included"
     )]
@@ -46,15 +52,60 @@ pub struct Response {
     pub keep_alive: bool,
 }
 
-/// Parses one response from the front of `buf`. Returns `Ok(None)` until it is complete,
-/// then removes it from `buf`. Bodies above `max_body` bytes fail, and so do heads above
-/// [`MAX_RESPONSE_HEAD`] bytes and chunked bodies that take more than twice `max_body` bytes
-/// as sent. Pass `closed` once the server has closed the connection, so that `buf` contains
-/// everything it sent. That completes a response whose body is delimited by the close.
-pub fn parse_response(
+/// Reads the responses of one connection, one at a time. It keeps the progress through a
+/// chunked body between calls, so each byte of the body is decoded once however it arrives.
+#[derive(Debug)]
+pub struct ResponseReader {
+    max_body: usize,
+    chunked: ChunkedProgress,
+}
+
+/// Progress through a chunked body whose end has not arrived yet.
+#[derive(Debug, Default)]
+struct ChunkedProgress {
+    /// Chunk data decoded so far.
+    body: BytesMut,
+    /// Offset after the head where decoding resumes: the start of a chunk-size line, or of
+    /// the trailer section once the last chunk has been read.
+    at: usize,
+    /// Bytes of the trailer section already searched for its end. It is set once the last
+    /// chunk has been read.
+    trailer_scanned: Option<usize>,
+}
+
+impl ResponseReader {
+    /// Creates a reader for bodies of at most `max_body` bytes.
+    pub fn new(max_body: usize) -> Self {
+        Self {
+            max_body,
+            chunked: ChunkedProgress::default(),
+        }
+    }
+
+    /// Parses one response from the front of `buf`. Returns `Ok(None)` until it is
+    /// complete, then removes it from `buf`. Between calls `buf` may only grow at its end.
+    /// Bodies above `max_body` bytes fail, and so do heads above [`MAX_RESPONSE_HEAD`]
+    /// bytes and chunked bodies that take more than twice `max_body` bytes as sent. Pass
+    /// `closed` once the server has closed the connection, so that `buf` contains everything
+    /// it sent. That completes a response whose body is delimited by the close.
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        closed: bool,
+    ) -> Result<Option<Response>, ResponseError> {
+        let parsed = parse_response(buf, self.max_body, closed, &mut self.chunked);
+        if !matches!(parsed, Ok(None)) {
+            self.chunked = ChunkedProgress::default();
+        }
+        parsed
+    }
+}
+
+fn parse_response(
     buf: &mut BytesMut,
     max_body: usize,
     closed: bool,
+    progress: &mut ChunkedProgress,
 ) -> Result<Option<Response>, ResponseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
@@ -123,7 +174,7 @@ pub fn parse_response(
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3).
     if chunked {
         let sent = buf.get(head_len..).unwrap_or_default();
-        let Some((body, consumed)) = decode_chunked(sent, max_body)? else {
+        let Some((body, consumed)) = decode_chunked(sent, max_body, progress)? else {
             // Chunk extensions and trailer fields have no length limit of their own, and
             // one-byte chunks take six bytes each.
             let max_sent = max_body.saturating_mul(2);
@@ -183,43 +234,63 @@ fn parse_length(value: &[u8]) -> Option<usize> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-/// Decodes a chunked body; returns the body and the bytes it took, or `None` when partial.
-fn decode_chunked(input: &[u8], max_body: usize) -> Result<Option<(Bytes, usize)>, ResponseError> {
-    let mut body = BytesMut::new();
-    let mut at = 0;
+/// Decodes a chunked body (RFC 9112 §7.1) from where `progress` left it; returns the body and
+/// the bytes it took, or `None` when partial.
+fn decode_chunked(
+    input: &[u8],
+    max_body: usize,
+    progress: &mut ChunkedProgress,
+) -> Result<Option<(Bytes, usize)>, ResponseError> {
     loop {
-        let rest = input.get(at..).unwrap_or_default();
+        let rest = input.get(progress.at..).unwrap_or_default();
+        if let Some(scanned) = progress.trailer_scanned {
+            // Trailer fields are not used; the body ends at the empty line after them.
+            if rest.starts_with(b"\r\n") {
+                let body = std::mem::take(&mut progress.body).freeze();
+                return Ok(Some((body, progress.at + 2)));
+            }
+            // The end may straddle what the last call saw, so look 3 bytes back.
+            let from = scanned.saturating_sub(3);
+            let searched = rest.get(from..).unwrap_or_default();
+            let Some(end) = searched.windows(4).position(|window| window == b"\r\n\r\n") else {
+                progress.trailer_scanned = Some(rest.len());
+                return Ok(None);
+            };
+            let body = std::mem::take(&mut progress.body).freeze();
+            return Ok(Some((body, progress.at + from + end + 4)));
+        }
+
         let (size_len, size) = match httparse::parse_chunk_size(rest) {
             Ok(httparse::Status::Complete(found)) => found,
+            Ok(httparse::Status::Partial) if rest.len() > MAX_CHUNK_LINE => {
+                return Err(ResponseError::ChunkLineTooLong {
+                    max: MAX_CHUNK_LINE,
+                });
+            }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(ResponseError::Chunked),
         };
-        at += size_len;
         let size = usize::try_from(size).map_err(|_| ResponseError::Chunked)?;
         if size == 0 {
-            // Trailer fields are not used; the body ends at the empty line after them.
-            let tail = input.get(at..).unwrap_or_default();
-            if tail.starts_with(b"\r\n") {
-                return Ok(Some((body.freeze(), at + 2)));
-            }
-            return match tail.windows(4).position(|window| window == b"\r\n\r\n") {
-                Some(end) => Ok(Some((body.freeze(), at + end + 4))),
-                None => Ok(None),
-            };
+            progress.at += size_len;
+            progress.trailer_scanned = Some(0);
+            continue;
         }
-        if body.len().saturating_add(size) > max_body {
+        if progress.body.len().saturating_add(size) > max_body {
             return Err(ResponseError::BodyTooLarge { max: max_body });
         }
-        let Some(chunk) = input.get(at..at.saturating_add(size)) else {
+        // The chunk is taken whole, with its CRLF, so a partial one is only waited for.
+        let data = size_len;
+        let Some(chunk) = rest.get(data..data.saturating_add(size)) else {
             return Ok(None);
         };
-        body.extend_from_slice(chunk);
-        at += size;
-        match input.get(at..at + 2) {
+        match rest.get(data + size..data + size + 2) {
             None => return Ok(None),
-            Some(b"\r\n") => at += 2,
+            Some(b"\r\n") => {}
             Some(_) => return Err(ResponseError::Chunked),
         }
+        progress.body.extend_from_slice(chunk);
+        progress.at += data + size + 2;
     }
 }
 
@@ -288,18 +359,21 @@ mod tests {
 
     fn parse(text: &str) -> Result<Option<Response>, ResponseError> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_response(&mut buf, 1024, false)
+        ResponseReader::new(1024).parse(&mut buf, false)
     }
 
     fn parse_closed(text: &str) -> Result<Option<Response>, ResponseError> {
         let mut buf = BytesMut::from(text.as_bytes());
-        parse_response(&mut buf, 1024, true)
+        ResponseReader::new(1024).parse(&mut buf, true)
     }
 
     #[test]
     fn parse_content_length_succeeds() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhiHTTP"[..]);
-        let response = parse_response(&mut buf, 1024, false).unwrap().unwrap();
+        let response = ResponseReader::new(1024)
+            .parse(&mut buf, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(response.status, 200);
         assert_eq!(&response.body[..], b"hi");
         assert!(response.keep_alive);
@@ -438,12 +512,83 @@ mod tests {
     fn parse_endless_head_fails_at_limit() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\nX-Long: "[..]);
         buf.resize(MAX_RESPONSE_HEAD, b'a');
-        assert!(parse_response(&mut buf, 1024, false).unwrap().is_none());
+        let mut reader = ResponseReader::new(1024);
+        assert!(reader.parse(&mut buf, false).unwrap().is_none());
         buf.extend_from_slice(b"a");
         assert_eq!(
-            parse_response(&mut buf, 1024, false).unwrap_err(),
+            reader.parse(&mut buf, false).unwrap_err(),
             ResponseError::HeadTooLarge {
                 max: MAX_RESPONSE_HEAD
+            }
+        );
+    }
+
+    /// Feeds `text` to one reader in pieces of `step` bytes, as reads would deliver it.
+    fn parse_in_pieces(text: &[u8], step: usize) -> Result<Option<Response>, ResponseError> {
+        let mut reader = ResponseReader::new(1024);
+        let mut buf = BytesMut::new();
+        for piece in text.chunks(step) {
+            buf.extend_from_slice(piece);
+            if let Some(response) = reader.parse(&mut buf, false)? {
+                assert!(buf.is_empty(), "bytes left after the response");
+                return Ok(Some(response));
+            }
+        }
+        Ok(None)
+    }
+
+    #[test]
+    fn chunked_resumes_at_every_split() {
+        let text = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+            3;name=value\r\nabc\r\na\r\n0123456789\r\n0\r\nX-One: 1\r\nX-Two: 2\r\n\r\n";
+        for step in 1..text.len() {
+            let response = parse_in_pieces(text, step).unwrap();
+            let body = response
+                .unwrap_or_else(|| panic!("no response with step {step}"))
+                .body;
+            assert_eq!(&body[..], b"abc0123456789", "step {step}");
+        }
+        let no_trailer =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+        for step in 1..no_trailer.len() {
+            let response = parse_in_pieces(no_trailer, step).unwrap().unwrap();
+            assert_eq!(&response.body[..], b"hi", "step {step}");
+        }
+    }
+
+    #[test]
+    fn chunked_decodes_each_chunk_once() {
+        let mut reader = ResponseReader::new(1024);
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\nde"[..],
+        );
+        assert!(reader.parse(&mut buf, false).unwrap().is_none());
+        // The first chunk is decoded and not read again; the second waits whole.
+        assert_eq!(&reader.chunked.body[..], b"abc");
+        assert_eq!(reader.chunked.at, 8);
+        buf.extend_from_slice(b"fg\r\n0\r\n\r\nHTTP/1.1");
+        let response = reader.parse(&mut buf, false).unwrap().unwrap();
+        assert_eq!(&response.body[..], b"abcdefg");
+        assert_eq!(&buf[..], b"HTTP/1.1");
+        // The next response starts from a clean state.
+        assert!(reader.chunked.body.is_empty());
+        assert_eq!(reader.chunked.at, 0);
+        assert_eq!(reader.chunked.trailer_scanned, None);
+    }
+
+    #[test]
+    fn chunk_line_length_is_bounded() {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut reader = ResponseReader::new(1 << 20);
+        let mut buf = BytesMut::from(head.as_bytes());
+        buf.extend_from_slice(b"1;");
+        buf.resize(head.len() + MAX_CHUNK_LINE, b'x');
+        assert!(reader.parse(&mut buf, false).unwrap().is_none());
+        buf.extend_from_slice(b"x");
+        assert_eq!(
+            reader.parse(&mut buf, false).unwrap_err(),
+            ResponseError::ChunkLineTooLong {
+                max: MAX_CHUNK_LINE
             }
         );
     }
