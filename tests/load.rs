@@ -447,3 +447,60 @@ fn load_fails_broken_server_with_1002() {
     assert_eq!(close.get(..2), Some(&[0x03, 0xea][..]), "close code 1002");
     assert!(count(&summary["errors"]["protocol"]) >= 1, "{summary:#}");
 }
+
+#[test]
+fn load_fails_invalid_utf8_with_1007() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    // Upgrades one connection, sends a text frame whose payload is not UTF-8 (RFC 6455 §8.1
+    // makes the client fail the connection) and returns what the client sent back.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut data = accept_upgrade(&mut stream).expect("upgrade");
+        stream
+            .write_all(&[0x81, 3, b'h', 0xff, 0xfe])
+            .expect("write frame");
+        let mut chunk = [0u8; 4096];
+        loop {
+            // The client's messages come first; skip them.
+            while let Some((opcode, payload, used)) = client_frame_at(&data) {
+                if opcode == 0x8 {
+                    return payload;
+                }
+                data.drain(..used);
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return Vec::new(),
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+
+    let summary_file = SummaryFile::new("utf8");
+    let summary = run_load(
+        &strings(&[
+            &format!("ws://{addr}/"),
+            "--no-auth",
+            "--raw",
+            "--connections",
+            "1",
+            "--duration",
+            "1",
+            "--connect-timeout",
+            "1",
+        ]),
+        &summary_file,
+    );
+
+    let close = server.join().expect("server thread");
+    assert_eq!(close.get(..2), Some(&[0x03, 0xef][..]), "close code 1007");
+    assert!(count(&summary["errors"]["protocol"]) >= 1, "{summary:#}");
+    assert_eq!(count(&summary["errors"]["mismatch"]), 0, "{summary:#}");
+    assert!(
+        summary["first_error"]
+            .as_str()
+            .is_some_and(|text| text.contains("UTF-8")),
+        "{summary:#}"
+    );
+}

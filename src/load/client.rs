@@ -55,6 +55,9 @@ const NORMAL_CLOSURE: u16 = 1000;
 /// Close code for a peer that broke the protocol (RFC 6455 §7.4.1).
 const PROTOCOL_ERROR: u16 = 1002;
 
+/// Close code for a text message or close reason that is not UTF-8 (RFC 6455 §7.4.1, §8.1).
+const INVALID_PAYLOAD: u16 = 1007;
+
 /// Close code framegate sends for a message over its size cap (RFC 6455 §7.4.1).
 const MESSAGE_TOO_BIG: u16 = 1009;
 
@@ -286,13 +289,13 @@ impl Conn {
             || self.broken.get()
     }
 
-    /// Queues a close frame with 1002 (protocol error) for the writer and stops reading, as
+    /// Queues a close frame with `code` (1002 or 1007) for the writer and stops reading, as
     /// RFC 6455 §7.1.7 recommends for an endpoint that received invalid data.
-    fn fail_protocol(&self, worker: &Worker) {
+    fn fail_protocol(&self, worker: &Worker, code: u16) {
         if !self.close_sent.get() {
             self.close_sent.set(true);
             let mut control = self.control.borrow_mut();
-            wire::encode_close(&mut control, PROTOCOL_ERROR, worker.mask_key());
+            wire::encode_close(&mut control, code, worker.mask_key());
         }
         self.broken.set(true);
     }
@@ -1338,8 +1341,11 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(err) => {
                     tracing::debug!(user = user.index, error = %err, "server broke the protocol");
-                    worker.stats.borrow_mut().errors.protocol += 1;
-                    conn.fail_protocol(&worker);
+                    let mut stats = worker.stats.borrow_mut();
+                    stats.errors.protocol += 1;
+                    stats.note_error("protocol", &err);
+                    drop(stats);
+                    conn.fail_protocol(&worker, PROTOCOL_ERROR);
                     finish_reader(&conn);
                     return;
                 }
@@ -1356,9 +1362,17 @@ async fn read_loop(
             // `advance` rather than `split_to`, because a split shares the allocation through a
             // reference count that each frame would change twice.
             buf.advance(frame_len.min(buf.len()));
-            if !handled {
-                worker.stats.borrow_mut().errors.protocol += 1;
-                conn.fail_protocol(&worker);
+            if let Err(violation) = handled {
+                tracing::debug!(
+                    user = user.index,
+                    error = violation.description,
+                    "server broke the protocol"
+                );
+                let mut stats = worker.stats.borrow_mut();
+                stats.errors.protocol += 1;
+                stats.note_error("protocol", &violation.description);
+                drop(stats);
+                conn.fail_protocol(&worker, violation.code);
                 finish_reader(&conn);
                 return;
             }
@@ -1410,8 +1424,53 @@ struct Frame<'a> {
     payload: &'a [u8],
 }
 
-/// Handles one complete frame. Returns false when the frame breaks RFC 6455 §5.4 (fragments
-/// out of order).
+/// A server frame that breaks RFC 6455, and the close code that fails the connection for it.
+#[derive(Debug, PartialEq, Eq)]
+struct Violation {
+    code: u16,
+    description: &'static str,
+}
+
+/// Checks that a complete text message is UTF-8 (RFC 6455 §5.6, §8.1).
+fn check_text(opcode: OpCode, payload: &[u8]) -> Result<(), Violation> {
+    if opcode == OpCode::Text && simdutf8::basic::from_utf8(payload).is_err() {
+        return Err(Violation {
+            code: INVALID_PAYLOAD,
+            description: "text message is not UTF-8",
+        });
+    }
+    Ok(())
+}
+
+/// Checks a close frame's body (RFC 6455 §5.5.1, §7.4): empty, or a code that may be sent
+/// followed by a UTF-8 reason.
+fn check_close(payload: &[u8]) -> Result<(), Violation> {
+    let Some(code) = wire::close_code(payload) else {
+        if payload.is_empty() {
+            return Ok(());
+        }
+        return Err(Violation {
+            code: PROTOCOL_ERROR,
+            description: "close frame body of 1 byte",
+        });
+    };
+    if !crate::frame::CloseCode(code).is_allowed_on_wire() {
+        return Err(Violation {
+            code: PROTOCOL_ERROR,
+            description: "close code that must not be sent",
+        });
+    }
+    if std::str::from_utf8(payload.get(2..).unwrap_or_default()).is_err() {
+        return Err(Violation {
+            code: INVALID_PAYLOAD,
+            description: "close reason is not UTF-8",
+        });
+    }
+    Ok(())
+}
+
+/// Handles one complete frame. Returns the violation when the frame breaks RFC 6455: fragments
+/// out of order (§5.4), a text message that is not UTF-8, or a malformed close frame.
 fn on_frame(
     worker: &Worker,
     user: &User,
@@ -1419,7 +1478,7 @@ fn on_frame(
     received_at: Instant,
     frame: Frame<'_>,
     fragments: &mut Option<(OpCode, Vec<u8>)>,
-) -> bool {
+) -> Result<(), Violation> {
     let Frame {
         opcode,
         fin,
@@ -1427,6 +1486,7 @@ fn on_frame(
     } = frame;
     match (opcode, fin, fragments.is_some()) {
         (OpCode::Text | OpCode::Binary, true, false) => {
+            check_text(opcode, payload)?;
             on_message(worker, user, received_at, payload);
         }
         (OpCode::Text | OpCode::Binary, false, false) => {
@@ -1436,13 +1496,17 @@ fn on_frame(
             if let Some((_, assembled)) = fragments.as_mut() {
                 assembled.extend_from_slice(payload);
             }
-            if fin && let Some((_, assembled)) = fragments.take() {
+            if fin && let Some((first, assembled)) = fragments.take() {
+                check_text(first, &assembled)?;
                 on_message(worker, user, received_at, &assembled);
             }
         }
         // §5.4: a data frame inside a fragmented message, or a continuation outside one.
         (OpCode::Text | OpCode::Binary, _, true) | (OpCode::Continuation, _, false) => {
-            return false;
+            return Err(Violation {
+                code: PROTOCOL_ERROR,
+                description: "fragments out of order",
+            });
         }
         (OpCode::Ping, _, _) => {
             // §5.5.2: reply with a pong carrying the same payload.
@@ -1451,9 +1515,12 @@ fn on_frame(
             conn.wake.notify_one();
         }
         (OpCode::Pong, _, _) => {}
-        (OpCode::Close, _, _) => on_close(worker, user, conn, wire::close_code(payload)),
+        (OpCode::Close, _, _) => {
+            check_close(payload)?;
+            on_close(worker, user, conn, wire::close_code(payload));
+        }
     }
-    true
+    Ok(())
 }
 
 /// Records a close frame from the server and queues the reply (RFC 6455 §5.5.1).
@@ -1611,6 +1678,30 @@ async fn connect_loop(worker: Rc<Worker>, user: Rc<User>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_not_utf8_fails_with_1007() {
+        assert_eq!(check_text(OpCode::Text, "héllo".as_bytes()), Ok(()));
+        assert_eq!(check_text(OpCode::Binary, b"\xff\xfe"), Ok(()));
+        assert_eq!(
+            check_text(OpCode::Text, b"ok \xff").map_err(|v| v.code),
+            Err(INVALID_PAYLOAD)
+        );
+    }
+
+    #[test]
+    fn malformed_close_frame_fails() {
+        assert_eq!(check_close(b""), Ok(()));
+        assert_eq!(check_close(&[0x03, 0xe8, b'o', b'k']), Ok(()));
+        assert_eq!(check_close(&[0x0f, 0xa1]), Ok(()));
+        let code = |payload: &[u8]| check_close(payload).map_err(|v| v.code);
+        assert_eq!(code(&[0x03]), Err(PROTOCOL_ERROR));
+        // 1005 and 1006 must not be sent, and codes below 1000 are not used (RFC 6455 §7.4.1).
+        assert_eq!(code(&[0x03, 0xed]), Err(PROTOCOL_ERROR));
+        assert_eq!(code(&[0x03, 0xee]), Err(PROTOCOL_ERROR));
+        assert_eq!(code(&[0x00, 0x05]), Err(PROTOCOL_ERROR));
+        assert_eq!(code(&[0x03, 0xe8, 0xff]), Err(INVALID_PAYLOAD));
+    }
 
     fn entry(code: &'static str) -> Pending {
         Pending {
