@@ -326,8 +326,8 @@ fn serve_recycling(mut stream: std::net::TcpStream) -> usize {
     }
 }
 
-/// Decodes one complete masked client frame of at most 64 KiB at the start of `data`:
-/// opcode, unmasked payload and the bytes it took.
+/// Decodes one complete masked client frame at the start of `data`: opcode, unmasked payload
+/// and the bytes it took.
 fn client_frame_at(data: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
     let opcode = data.first()? & 0x0f;
     let (len, mut at) = match data.get(1)? & 0x7f {
@@ -335,7 +335,10 @@ fn client_frame_at(data: &[u8]) -> Option<(u8, Vec<u8>, usize)> {
             usize::from(u16::from_be_bytes([*data.get(2)?, *data.get(3)?])),
             4,
         ),
-        127 => panic!("the test server takes frames up to 64 KiB"),
+        127 => (
+            usize::try_from(u64::from_be_bytes(*data.get(2..10)?.first_chunk::<8>()?)).ok()?,
+            10,
+        ),
         len => (usize::from(len), 2),
     };
     let mask = data.get(at..at + 4)?.to_vec();
@@ -501,6 +504,80 @@ fn load_fails_invalid_utf8_with_1007() {
         summary["first_error"]
             .as_str()
             .is_some_and(|text| text.contains("UTF-8")),
+        "{summary:#}"
+    );
+}
+
+#[test]
+fn load_open_loop_sends_stalled_messages() {
+    use std::io::{Read, Write};
+    // A small receive buffer, so a server that stops reading soon blocks the client's writes.
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    socket.listen(8).expect("listen");
+    let listener: std::net::TcpListener = socket.into();
+    let addr = listener.local_addr().expect("address");
+
+    // Echoes every data frame, but stops reading for 1.2 s from 0.3 s after the first frame,
+    // so the writes of the messages due until the deadline (1 s) wait past it.
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut data = accept_upgrade(&mut stream).expect("upgrade");
+        let mut chunk = vec![0u8; 256 * 1024];
+        let mut stall_at = None;
+        loop {
+            while let Some((opcode, payload, used)) = client_frame_at(&data) {
+                data.drain(..used);
+                if opcode == 0x8 {
+                    let _ = stream.write_all(&[0x88, 2, 0x03, 0xe8]);
+                    return;
+                }
+                let mut frame = vec![0x80 | opcode, 127];
+                frame.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+                frame.extend_from_slice(&payload);
+                if stream.write_all(&frame).is_err() {
+                    return;
+                }
+                stall_at.get_or_insert_with(|| Instant::now() + Duration::from_millis(300));
+            }
+            if stall_at.is_some_and(|at| Instant::now() >= at) {
+                std::thread::sleep(Duration::from_millis(1200));
+                stall_at = Some(Instant::now() + Duration::from_secs(3600));
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+
+    let summary_file = SummaryFile::new("stall");
+    let summary = run_load(
+        &strings(&[
+            &format!("ws://{addr}/"),
+            "--no-auth",
+            "--raw",
+            "--connections",
+            "1",
+            "--size",
+            "1000000",
+            "--rate",
+            "20",
+            "--duration",
+            "1",
+        ]),
+        &summary_file,
+    );
+    // Every message due in the run is sent and echoed, and the stall shows up as latency.
+    assert_eq!(count(&summary["sent"]["messages"]), 20, "{summary:#}");
+    assert_eq!(count(&summary["received"]["messages"]), 20, "{summary:#}");
+    assert_eq!(count(&summary["error_total"]), 0, "{summary:#}");
+    assert!(
+        count(&summary["latency_us"]["max"]) >= 500_000,
         "{summary:#}"
     );
 }
