@@ -1221,7 +1221,7 @@ async fn send_oversize(
     if conn.server_close.get().is_none() {
         // The server did not close: the injected fault got no response.
         user.expect_close.set(None);
-        worker.stats.borrow_mut().errors.mismatch += 1;
+        count_mismatch(worker, &"an oversize message got no close frame");
     }
     // The fault was sent before the deadline, so the user replaces the connection even when
     // the close arrives after it: every oversize fault costs exactly one reconnect.
@@ -1398,7 +1398,9 @@ async fn read_loop(
                 if conn.server_close.get().is_none() && !conn.close_sent.get() {
                     // TCP ended without a close frame (status 1006 on this side).
                     tracing::debug!(user = user.index, "server closed TCP without a close frame");
-                    worker.stats.borrow_mut().errors.io += 1;
+                    let mut stats = worker.stats.borrow_mut();
+                    stats.errors.io += 1;
+                    stats.note_error("read", &"the server closed TCP without a close frame");
                 }
                 conn.eof.set(true);
                 finish_reader(&conn);
@@ -1588,14 +1590,20 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
         let matched = matches!(pending, Some(Pending { expect: Expect::Error(code), .. }) if code == error.code);
         if !matched {
             tracing::debug!(user = user.index, code = %error.code, "unexpected error frame");
-            worker.stats.borrow_mut().errors.mismatch += 1;
+            count_mismatch(
+                worker,
+                &format_args!("error frame {:?} that no message expected", error.code),
+            );
         }
         user.answered.notify_one();
         return;
     }
 
     let Some(id) = wire::parse_id(payload) else {
-        worker.stats.borrow_mut().errors.mismatch += 1;
+        count_mismatch(
+            worker,
+            &"a message that carries none of the generator's ids",
+        );
         return;
     };
     // An echo comes back to its sender, so only relayed messages need the lookup.
@@ -1603,7 +1611,7 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
         user
     } else {
         let Some(sender) = worker.users.get(&id.conn) else {
-            worker.stats.borrow_mut().errors.mismatch += 1;
+            count_mismatch(worker, &"a message whose id names an unknown user");
             return;
         };
         sender.as_ref()
@@ -1628,10 +1636,18 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
             ..
         })
         | None => {
-            worker.stats.borrow_mut().errors.mismatch += 1;
+            count_mismatch(worker, &"a reply to a message that is not outstanding");
         }
     }
     sender.answered.notify_one();
+}
+
+/// Counts a reply that matches no outstanding message, and keeps the first as the run's
+/// first error.
+fn count_mismatch(worker: &Worker, reason: &dyn std::fmt::Display) {
+    let mut stats = worker.stats.borrow_mut();
+    stats.errors.mismatch += 1;
+    stats.note_error("mismatch", reason);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -878,6 +878,13 @@ fn token_source(args: &LoadArgs, duration: Duration) -> Result<TokenSource, Load
         )
     })?;
     let signer = match &args.jwt_private_key {
+        Some(_) if args.jwt_alg.starts_with("HS") => {
+            return Err(option_error(
+                "jwt-alg",
+                &args.jwt_alg,
+                "an HMAC algorithm signs with a secret, not with --jwt-private-key; pass the key's algorithm, such as --jwt-alg ES256, RS256 or EdDSA",
+            ));
+        }
         Some(path) => {
             let pem = std::fs::read(path).map_err(|source| LoadError::ReadFile {
                 option: "jwt-private-key",
@@ -1043,5 +1050,22 @@ mod tests {
         assert!(
             Cli::try_parse_from(["load", "ws://h/", "--no-auth", "--token-file", "f"]).is_err()
         );
+    }
+
+    #[test]
+    fn private_key_needs_its_algorithm() {
+        // The key file is not read: the default HS256 is rejected first.
+        let argv = [
+            "load",
+            "ws://127.0.0.1:9/ws",
+            "--jwt-private-key",
+            "key.pem",
+        ];
+        let args = Cli::try_parse_from(argv).unwrap().load;
+        let Err(err) = prepare(&args) else {
+            panic!("HS256 with a private key was accepted");
+        };
+        let err = err.to_string();
+        assert!(err.contains("--jwt-alg ES256"), "{err}");
     }
 }
