@@ -83,6 +83,23 @@ fn type_hint(message: &str) -> Option<&'static str> {
     Some(hint)
 }
 
+/// Parses a TOML document into the file's settings, before validation. `origin` names it in
+/// error messages.
+fn parse_file(text: &str, origin: &std::path::Path) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|err| {
+        let mut message = err.to_string().trim_end().to_owned();
+        let hint = unknown_key_hint(&message).or_else(|| type_hint(&message).map(str::to_owned));
+        if let Some(hint) = hint {
+            message.push('\n');
+            message.push_str(&hint);
+        }
+        ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message,
+        }
+    })
+}
+
 /// Returns a hint for a parse error about an unknown key: the known key closest to it by
 /// edit distance, or the table it belongs in when it is a key of `[auth]` or `[upstream]`
 /// written at the top level. `message` is the TOML parser's text, which names the unknown
@@ -426,29 +443,36 @@ impl Default for Config {
 impl Config {
     /// Parses a TOML document. `origin` names it in error messages.
     pub fn from_toml(text: &str, origin: &std::path::Path) -> Result<Self, ConfigError> {
-        let file: FileConfig = toml::from_str(text).map_err(|err| {
-            let mut message = err.to_string().trim_end().to_owned();
-            let hint =
-                unknown_key_hint(&message).or_else(|| type_hint(&message).map(str::to_owned));
-            if let Some(hint) = hint {
-                message.push('\n');
-                message.push_str(&hint);
-            }
-            ConfigError::Parse {
-                path: origin.to_path_buf(),
-                message,
-            }
-        })?;
-        Self::from_file_config(file)
+        Self::from_file_config(parse_file(text, origin)?)
     }
 
     /// Reads and parses a TOML file.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
-            path: path.to_path_buf(),
-            error,
-        })?;
-        Self::from_toml(&text, path)
+        Self::load_with_backend(Some(path), None)
+    }
+
+    /// Builds the configuration from the file at `path`, or from the embedded defaults
+    /// without one, with `backend` in place of the file's `backend` when given. The override
+    /// is validated with the rest, so the checks and defaults that depend on the backend
+    /// (`to` required by the relay, JSON required by the relay and http) follow it.
+    pub fn load_with_backend(
+        path: Option<&std::path::Path>,
+        backend: Option<BackendKind>,
+    ) -> Result<Self, ConfigError> {
+        let mut file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+                    path: path.to_path_buf(),
+                    error,
+                })?;
+                parse_file(&text, path)?
+            }
+            None => FileConfig::default(),
+        };
+        if let Some(backend) = backend {
+            file.backend = backend;
+        }
+        Self::from_file_config(file)
     }
 
     fn from_file_config(file: FileConfig) -> Result<Self, ConfigError> {
@@ -689,6 +713,15 @@ impl Config {
                 key: "backend",
                 value: "\"http\"".to_owned(),
                 allowed: "the http backend needs json = true and allow_binary = false",
+            });
+        }
+        // The relay reads the recipient from the JSON `to` field, so it has nothing to go on
+        // for a message that was not checked as JSON.
+        if file.backend == BackendKind::Relay && (!file.json || file.allow_binary == Some(true)) {
+            return Err(ConfigError::Range {
+                key: "backend",
+                value: "\"relay\"".to_owned(),
+                allowed: "the relay backend needs json = true and allow_binary = false, because it reads the recipient from the JSON `to` field",
             });
         }
 
@@ -1424,8 +1457,52 @@ mod tests {
         let config = parse("json = false\nbackend = \"echo\"\n").unwrap();
         assert!(config.allow_binary);
         assert_eq!(config.backend, BackendKind::Echo);
-        let config = parse("json = false\nallow_binary = false\n").unwrap();
+        let config = parse("json = false\nallow_binary = false\nbackend = \"echo\"\n").unwrap();
         assert!(!config.allow_binary);
+    }
+
+    #[test]
+    fn relay_needs_json_text() {
+        for fields in ["json = false\n", "allow_binary = true\n"] {
+            let err = parse(fields).unwrap_err().to_string();
+            assert!(
+                err.contains("relay backend needs json = true"),
+                "{fields}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn backend_override_is_validated() {
+        let path =
+            std::env::temp_dir().join(format!("framegate-backend-{}.toml", std::process::id()));
+        let load = |text: &str, backend| {
+            std::fs::write(&path, text).unwrap();
+            Config::load_with_backend(Some(&path), Some(backend))
+        };
+        let relay = load("backend = \"echo\"\n", BackendKind::Relay).unwrap();
+        let required: Vec<&str> = relay
+            .message_rules
+            .required
+            .iter()
+            .map(|field| field.name.as_str())
+            .collect();
+        assert!(required.contains(&"to"), "{required:?}");
+        let err = load("backend = \"echo\"\njson = false\n", BackendKind::Relay).unwrap_err();
+        assert!(err.to_string().contains("relay backend"), "{err}");
+        let err = load("", BackendKind::Http).unwrap_err();
+        assert!(err.to_string().contains("upstream.urls"), "{err}");
+        let _ = std::fs::remove_file(&path);
+
+        // The embedded defaults use the relay, which requires `to`; echo does not.
+        let echo = Config::load_with_backend(None, Some(BackendKind::Echo)).unwrap();
+        assert_eq!(echo.backend, BackendKind::Echo);
+        assert!(
+            echo.message_rules
+                .required
+                .iter()
+                .all(|field| field.name != "to")
+        );
     }
 
     #[test]

@@ -146,10 +146,7 @@ fn init_logging(format: LogFormat) {
 }
 
 fn load_config(path: Option<&PathBuf>) -> Result<Config, framegate::config::ConfigError> {
-    match path {
-        Some(path) => Config::load(path),
-        None => Ok(Config::default()),
-    }
+    Config::load_with_backend(path.map(PathBuf::as_path), None)
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -222,7 +219,13 @@ fn watch_signals(drain: framegate::runtime::DrainHandle) -> std::io::Result<()> 
 }
 
 fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = load_config(args.config.as_ref())?;
+    let backend = args
+        .backend
+        .as_deref()
+        .map(BackendKind::from_str)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let mut config = Config::load_with_backend(args.config.as_deref(), backend)?;
     if let Some(listen) = &args.listen {
         config.listen = listen.parse().with_context(|| {
             format!("invalid --listen {listen:?}: expected an address such as 127.0.0.1:8080")
@@ -241,9 +244,6 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
                 )
             })?)
         };
-    }
-    if let Some(backend) = &args.backend {
-        config.backend = BackendKind::from_str(backend).map_err(anyhow::Error::msg)?;
     }
     config.check_listeners()?;
     Ok(config)
