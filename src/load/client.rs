@@ -1058,11 +1058,16 @@ async fn send_loop(
                 },
                 (LoadModel::Open { .. }, None) => break,
             };
-            let injection = user
-                .injector
-                .borrow_mut()
-                .as_mut()
-                .and_then(Injector::choose);
+            // Late messages sent after the deadline are valid ones: a fault then could not get
+            // its answer (an oversize one costs a reconnect) before the run ends.
+            let injection = if now < config.deadline {
+                user.injector
+                    .borrow_mut()
+                    .as_mut()
+                    .and_then(Injector::choose)
+            } else {
+                None
+            };
             match injection {
                 None => push_message(worker, user, &mut out, &mut scratch, intended, Body::Valid),
                 Some(Injection::MalformedJson) => {
