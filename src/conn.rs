@@ -27,7 +27,7 @@ use crate::frame::reader::{Event, InPlace, MessageKind, MessageReader, ReaderCon
 use crate::frame::{CloseCode, OpCode, encode};
 use crate::handshake::{self, HandshakeConfig, RejectReason, TokenSource, Upgrade};
 use crate::http::{ParserLimits, RequestParser, Status};
-use crate::message::{self, MessageRules};
+use crate::message::{self, FromSplice, MessageRules};
 use crate::ratelimit::{Decision, TokenBucket};
 
 /// Payloads up to this size are copied next to their frame header instead of getting an
@@ -405,6 +405,8 @@ pub struct Accepted<'b> {
     id: Option<Range<usize>>,
     /// Recipient user id from the `to` field, if present.
     pub to: Option<String>,
+    /// Position of the client's `from`, when the JSON check ran.
+    from: Option<FromSplice>,
 }
 
 /// Location of an accepted message's bytes.
@@ -428,6 +430,14 @@ impl Accepted<'_> {
     pub fn id(&self) -> Option<&[u8]> {
         let range = self.id.clone()?;
         self.payload().get(range)
+    }
+
+    /// Builds the relayed copy of the message with `"from":<from>` as its first member, from
+    /// what the JSON check found, so the text is not scanned again. Returns `None` when the
+    /// message was not checked as JSON.
+    pub fn with_from(&self, from: &str) -> Option<Vec<u8>> {
+        let splice = self.from.as_ref()?;
+        Some(splice.apply(self.payload(), from))
     }
 
     /// Takes the payload as shared bytes, for a caller that keeps it past the next read: a
@@ -461,6 +471,7 @@ impl std::fmt::Debug for Accepted<'_> {
 struct Fields {
     id: Option<Range<usize>>,
     to: Option<String>,
+    from: Option<FromSplice>,
 }
 
 /// Counts kept by a [`Session`] for the caller's metrics; [`Session::take_tally`] hands them
@@ -622,6 +633,7 @@ impl Session {
                         payload,
                         id: fields.id,
                         to: fields.to,
+                        from: fields.from,
                     };
                     return (Flow::Continue, Some(accepted));
                 }
@@ -684,11 +696,16 @@ impl Session {
         now: Instant,
         user_bucket: Option<&mut TokenBucket>,
     ) -> Result<Fields, Rejection> {
-        let mut fields = Fields { id: None, to: None };
+        let mut fields = Fields {
+            id: None,
+            to: None,
+            from: None,
+        };
         if kind == MessageKind::Text && self.rules.json {
             match message::check(payload, &self.rules) {
                 Ok(checked) => {
                     fields.id = checked.id.map(|raw| range_in(payload, raw.as_bytes()));
+                    fields.from = checked.from_splice();
                     fields.to = checked.to.map(|to| to.into_owned());
                 }
                 Err(invalid) => {
@@ -924,6 +941,21 @@ mod tests {
             session.on_read(&mut buf, now, &mut out, None).0,
             Flow::Continue
         );
+    }
+
+    #[test]
+    fn accepted_with_from_matches_a_fresh_scan() {
+        let now = Instant::now();
+        let mut session = Session::new(&session_config(), now);
+        let mut out = Outbox::default();
+        let text = br#"{"from":"forged","to":"bob","conversation_id":"k","content":"hi"}"#;
+        let mut buf = BytesMut::from(client_frame(true, 1, text).as_slice());
+        let (_, message) = session.on_read(&mut buf, now, &mut out, None);
+        let message = message.expect("valid message");
+        let relayed = message.with_from("ann").expect("checked as JSON");
+        assert_eq!(Some(relayed.clone()), message::with_from(text, "ann"));
+        assert!(relayed.starts_with(br#"{"from":"ann","#));
+        assert!(!relayed.windows(6).any(|window| window == b"forged"));
     }
 
     #[test]

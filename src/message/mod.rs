@@ -143,6 +143,29 @@ impl Checked<'_> {
         let text = self.text?;
         Some(splice_from(text, self.from_member.clone(), from))
     }
+
+    /// Returns what building the relayed copy needs, for a caller that keeps the text but not
+    /// the `Checked`. `None` when the message was checked with `json: false`.
+    pub fn from_splice(&self) -> Option<FromSplice> {
+        self.text?;
+        Some(FromSplice {
+            cut: self.from_member.clone(),
+        })
+    }
+}
+
+/// Position of the client's `from` member in a checked text, from [`Checked::from_splice`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FromSplice {
+    cut: Option<Range<usize>>,
+}
+
+impl FromSplice {
+    /// Builds the relayed copy of `text`, the checked text this came from, as
+    /// [`Checked::with_from`] does.
+    pub fn apply(&self, text: &[u8], from: &str) -> Vec<u8> {
+        splice_from(text, self.cut.clone(), from)
+    }
 }
 
 /// Top-level field named in an [`Invalid`] error.

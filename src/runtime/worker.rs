@@ -1403,7 +1403,7 @@ impl Worker {
             // The relay adds `to` to the required fields, so the JSON check already rejected it.
             return;
         };
-        let Some(text) = message::with_from(message.payload(), &sender.user) else {
+        let Some(text) = message.with_from(&sender.user) else {
             // Unreachable after a passed JSON check; answer rather than drop.
             let error = error_frame(
                 "invalid_json",
