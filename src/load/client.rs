@@ -323,11 +323,28 @@ struct Worker {
 
 /// Runs worker `index` with the virtual users `users` until they are done, and returns what
 /// it counted.
+/// A worker's side of the start of the run: it reports that its users are built, then waits
+/// until the clock has started.
+pub(super) struct StartGate {
+    pub ready: std::sync::mpsc::Sender<()>,
+    pub go: std::sync::mpsc::Receiver<()>,
+}
+
+impl StartGate {
+    fn pass(self) {
+        let _ = self.ready.send(());
+        drop(self.ready);
+        // An error means the main thread is gone, and the run ends anyway.
+        let _ = self.go.recv();
+    }
+}
+
 pub(super) fn run_worker(
     index: usize,
     core: Option<core_affinity::CoreId>,
     config: Arc<RunConfig>,
     users: Vec<u32>,
+    gate: StartGate,
     progress: &Arc<Progress>,
 ) -> Result<Stats, String> {
     if let Some(core) = core
@@ -343,6 +360,7 @@ pub(super) fn run_worker(
         .map_err(|err| crate::runtime::explain_setup_error(&err))?;
     runtime.block_on(async move {
         let worker = Rc::new(Worker::new(index, config, &users));
+        gate.pass();
         let publisher = tokio_uring::spawn(publish(Rc::clone(&worker), Arc::clone(progress)));
         let mut tasks = Vec::with_capacity(users.len());
         for index in users {
@@ -487,9 +505,9 @@ fn unix_now() -> u64 {
 /// Start time of user `index` during the ramp.
 fn ramp_start(config: &RunConfig, index: u32) -> Instant {
     if config.ramp_per_sec <= 0.0 {
-        return config.epoch;
+        return config.epoch();
     }
-    config.epoch + Duration::from_secs_f64(f64::from(index) / config.ramp_per_sec)
+    config.epoch() + Duration::from_secs_f64(f64::from(index) / config.ramp_per_sec)
 }
 
 /// Sleeps until `until`.
@@ -739,12 +757,12 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
     let mut replace = false;
     loop {
         let now = Instant::now();
-        if now >= config.deadline && !replace {
+        if now >= config.deadline() && !replace {
             break;
         }
         replace = false;
         let Ok((conn, leftover)) = connect(&worker, &user, now).await else {
-            sleep_until((Instant::now() + backoff).min(config.deadline)).await;
+            sleep_until((Instant::now() + backoff).min(config.deadline())).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         };
@@ -944,7 +962,7 @@ async fn write(worker: &Worker, conn: &Conn, mut buf: Vec<u8>) -> Vec<u8> {
 
 /// Outcome after the connection ended on its own: reconnect unless the run is over.
 fn after_end(worker: &Worker) -> Outcome {
-    if Instant::now() < worker.config.deadline {
+    if Instant::now() < worker.config.deadline() {
         Outcome::Reconnect
     } else {
         Outcome::Done
@@ -953,7 +971,7 @@ fn after_end(worker: &Worker) -> Outcome {
 
 /// Idle users: keep the connection open until the deadline.
 async fn hold(worker: &Worker, conn: &Conn) -> Outcome {
-    let deadline = worker.config.deadline;
+    let deadline = worker.config.deadline();
     match wait_for(worker, conn, deadline, Wakers::default(), || false).await {
         Waited::Ended => after_end(worker),
         Waited::Met | Waited::TimedOut => Outcome::Done,
@@ -966,7 +984,7 @@ async fn receive_loop(worker: &Worker, conn: &Conn, sender: u32) -> Outcome {
     let Some(sender) = worker.users.get(&sender) else {
         return hold(worker, conn).await;
     };
-    let until = config.deadline + config.drain_timeout + config.close_timeout;
+    let until = config.deadline() + config.drain_timeout + config.close_timeout;
     let wakers = Wakers {
         answered: None,
         state: Some(&sender.state),
@@ -995,7 +1013,7 @@ async fn send_loop(
             answered: None,
             state: Some(&peer.state),
         };
-        match wait_for(worker, conn, config.deadline, wakers, || {
+        match wait_for(worker, conn, config.deadline(), wakers, || {
             peer.connected.get()
         })
         .await
@@ -1025,8 +1043,8 @@ async fn send_loop(
         // server stopped reading and held their write back. They count as late, not missing.
         let behind = pacer
             .as_ref()
-            .is_some_and(|pacer| pacer.next_due() < config.deadline);
-        if now >= config.deadline && !behind {
+            .is_some_and(|pacer| pacer.next_due() < config.deadline());
+        if now >= config.deadline() && !behind {
             break;
         }
 
@@ -1043,7 +1061,7 @@ async fn send_loop(
                     }
                     now
                 }
-                (LoadModel::Open { .. }, Some(pacer)) if pacer.next_due() >= config.deadline => {
+                (LoadModel::Open { .. }, Some(pacer)) if pacer.next_due() >= config.deadline() => {
                     break;
                 }
                 (LoadModel::Open { .. }, Some(pacer)) => match pacer.pop_due(now) {
@@ -1058,9 +1076,9 @@ async fn send_loop(
                 },
                 (LoadModel::Open { .. }, None) => break,
             };
-            // Late messages sent after the deadline are valid ones: a fault then could not get
-            // its answer (an oversize one costs a reconnect) before the run ends.
-            let injection = if now < config.deadline {
+            // Late messages sent after the deadline are valid ones, because the server's reply
+            // to a fault (a reconnect after an oversize one) could come after the run ends.
+            let injection = if now < config.deadline() {
                 user.injector
                     .borrow_mut()
                     .as_mut()
@@ -1106,8 +1124,8 @@ async fn send_loop(
 
         // Nothing was due: sleep until the next due time, a response, or a control frame.
         let next = match pacer.as_ref() {
-            Some(pacer) => pacer.next_due().min(config.deadline),
-            None => config.deadline,
+            Some(pacer) => pacer.next_due().min(config.deadline()),
+            None => config.deadline(),
         };
         tokio::select! {
             _ = user.answered.notified() => {}
@@ -1117,7 +1135,7 @@ async fn send_loop(
     }
 
     // Drain: wait for the responses to what was sent.
-    let drain_until = config.deadline + config.drain_timeout;
+    let drain_until = config.deadline() + config.drain_timeout;
     let answered = Wakers {
         answered: Some(&user.answered),
         state: None,
@@ -1230,7 +1248,7 @@ async fn send_oversize(
     }
     // The fault was sent before the deadline, so the user replaces the connection even when
     // the close arrives after it: every oversize fault costs exactly one reconnect.
-    if sent_at < config.deadline {
+    if sent_at < config.deadline() {
         Outcome::Replace
     } else {
         Outcome::Done
@@ -1249,7 +1267,7 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn, scratch: &mut
     };
     // Every wait ends at the deadline. A fault whose refill would not end before it is
     // not sent, so the run ends on time whatever the server's rate.
-    let deadline = config.deadline;
+    let deadline = config.deadline();
     let quiet = || user.book.borrow().outstanding() == 0;
     let answered = Wakers {
         answered: Some(&user.answered),
@@ -1675,7 +1693,7 @@ async fn connect_loop(worker: Rc<Worker>, user: Rc<User>) {
         let intended = match pacer.as_mut() {
             Some(pacer) => {
                 let due = pacer.next_due();
-                if due >= config.deadline {
+                if due >= config.deadline() {
                     break;
                 }
                 sleep_until(due).await;
@@ -1683,7 +1701,7 @@ async fn connect_loop(worker: Rc<Worker>, user: Rc<User>) {
             }
             None => Instant::now(),
         };
-        if intended >= config.deadline {
+        if intended >= config.deadline() {
             break;
         }
         let Ok((conn, leftover)) = connect(&worker, &user, intended).await else {

@@ -27,8 +27,8 @@ pub mod wire;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::ValueEnum;
@@ -40,8 +40,8 @@ use self::url::{UrlError, WsUrl};
 use self::wire::{MessageShape, TokenPlacement};
 use crate::auth::{AuthSetupError, Signer};
 
-/// Delay between starting the workers and the first connection, so every worker is running
-/// when the clock starts.
+/// Delay between the end of the workers' setup and the first connection, so every worker is
+/// waiting when the clock starts.
 const START_DELAY: Duration = Duration::from_millis(50);
 
 /// Extra token lifetime beyond the planned run, in seconds.
@@ -284,7 +284,8 @@ pub(crate) struct InjectionPlan {
     pub refill: Duration,
 }
 
-/// Everything the workers share, fixed before they start.
+/// Everything the workers share, fixed before they start, except the clock, which starts once
+/// every worker has built its users.
 #[derive(Debug)]
 pub(crate) struct RunConfig {
     pub url: WsUrl,
@@ -298,13 +299,12 @@ pub(crate) struct RunConfig {
     /// Connections that send (relay: pairs that send).
     pub senders: u32,
     pub ramp_per_sec: f64,
-    pub epoch: Instant,
-    /// Wall-clock time of `epoch`, in milliseconds since the Unix epoch.
-    pub epoch_unix_ms: u64,
-    /// When the last connection of the ramp is due; the steady window runs from here to
-    /// `deadline`.
-    pub ramp_end: Instant,
-    pub deadline: Instant,
+    /// Time from the start to the last connection of the ramp.
+    pub ramp_time: Duration,
+    /// Time of load after the ramp.
+    pub duration: Duration,
+    /// Set by [`RunConfig::start_clock`].
+    clock: OnceLock<Clock>,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
     pub close_timeout: Duration,
@@ -320,20 +320,79 @@ pub(crate) struct RunConfig {
     pub injection: Option<InjectionPlan>,
 }
 
+/// When the run starts and ends.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    epoch: Instant,
+    /// Wall-clock time of `epoch`, in milliseconds since the Unix epoch.
+    epoch_unix_ms: u64,
+    /// When the last connection of the ramp is due; the steady window runs from here to
+    /// `deadline`.
+    ramp_end: Instant,
+    deadline: Instant,
+}
+
 impl RunConfig {
+    /// Starts the run's clock [`START_DELAY`] from now. Later calls change nothing.
+    pub fn start_clock(&self) {
+        let epoch = Instant::now() + START_DELAY;
+        let epoch_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+            .saturating_add(u64::try_from(START_DELAY.as_millis()).unwrap_or(0));
+        let ramp_end = epoch + self.ramp_time;
+        let _ = self.clock.set(Clock {
+            epoch,
+            epoch_unix_ms,
+            ramp_end,
+            deadline: ramp_end + self.duration,
+        });
+    }
+
+    fn clock(&self) -> Clock {
+        // Before `start_clock` every instant is now, so nothing waits on an unset clock.
+        self.clock.get().copied().unwrap_or_else(|| {
+            let now = Instant::now();
+            Clock {
+                epoch: now,
+                epoch_unix_ms: 0,
+                ramp_end: now,
+                deadline: now,
+            }
+        })
+    }
+
+    /// Returns when the run starts: the first connection of the ramp is due.
+    pub fn epoch(&self) -> Instant {
+        self.clock().epoch
+    }
+
+    /// Returns when the load stops and the drain begins.
+    pub fn deadline(&self) -> Instant {
+        self.clock().deadline
+    }
+
     /// Returns true when `now` falls between the end of the ramp and the deadline.
     pub fn in_steady_window(&self, now: Instant) -> bool {
-        now >= self.ramp_end && now < self.deadline
+        let clock = self.clock();
+        now >= clock.ramp_end && now < clock.deadline
     }
 
     fn steady_window(&self) -> stats::SteadyWindow {
+        let clock = self.clock();
         let offset_ms = |instant: Instant| {
-            let since = instant.saturating_duration_since(self.epoch);
+            let since = instant.saturating_duration_since(clock.epoch);
             u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
         };
         stats::SteadyWindow {
-            from_unix_ms: self.epoch_unix_ms.saturating_add(offset_ms(self.ramp_end)),
-            to_unix_ms: self.epoch_unix_ms.saturating_add(offset_ms(self.deadline)),
+            from_unix_ms: clock
+                .epoch_unix_ms
+                .saturating_add(offset_ms(clock.ramp_end)),
+            to_unix_ms: clock
+                .epoch_unix_ms
+                .saturating_add(offset_ms(clock.deadline)),
         }
     }
 }
@@ -417,14 +476,22 @@ pub fn run(args: &LoadArgs) -> Result<stats::Summary, LoadError> {
 
     let progress: Vec<Arc<Progress>> = (0..workers).map(|_| Arc::default()).collect();
     let mut threads = Vec::with_capacity(workers);
+    let (ready, all_ready) = mpsc::channel();
+    let mut go_senders = Vec::with_capacity(workers);
     for (index, users) in assignments.into_iter().enumerate() {
         let core = setup.cores.get(index % setup.cores.len().max(1)).copied();
         let config = Arc::clone(&config);
         let counters = Arc::clone(&progress[index]);
+        let (go_sender, go) = mpsc::channel();
+        go_senders.push(go_sender);
+        let gate = client::StartGate {
+            ready: ready.clone(),
+            go,
+        };
         let thread = std::thread::Builder::new()
             .name(format!("framegate-load{index}"))
             .spawn(move || {
-                let result = client::run_worker(index, core, config, users, &counters);
+                let result = client::run_worker(index, core, config, users, gate, &counters);
                 // Also on failure, so the progress line stops waiting for this worker.
                 counters.done.store(true, Ordering::Relaxed);
                 result
@@ -434,6 +501,14 @@ pub fn run(args: &LoadArgs) -> Result<stats::Summary, LoadError> {
                 message: err.to_string(),
             })?;
         threads.push(thread);
+    }
+    // The clock starts once every worker has built its users (minting a token each), so a
+    // large run does not lose the start of its ramp. A worker that failed counts as ready.
+    drop(ready);
+    while all_ready.recv().is_ok() {}
+    config.start_clock();
+    for go in go_senders {
+        let _ = go.send(());
     }
 
     if !args.quiet {
@@ -455,7 +530,7 @@ pub fn run(args: &LoadArgs) -> Result<stats::Summary, LoadError> {
         total.merge(&stats);
     }
 
-    let elapsed = config.deadline.saturating_duration_since(config.epoch);
+    let elapsed = config.deadline().saturating_duration_since(config.epoch());
     let summary = total.summary(setup.info, elapsed, config.steady_window());
     if let (Some(path), Some(mut file)) = (&args.json, json_file) {
         let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
@@ -482,7 +557,7 @@ fn report_progress(config: &RunConfig, progress: &[Arc<Progress>]) {
             .sum()
     };
     let mut last = (0u64, 0u64, 0u64);
-    let mut tick = config.epoch + Duration::from_secs(1);
+    let mut tick = config.epoch() + Duration::from_secs(1);
     loop {
         let now = Instant::now();
         if tick > now {
@@ -500,7 +575,7 @@ fn report_progress(config: &RunConfig, progress: &[Arc<Progress>]) {
         let handshakes = sum(|worker| &worker.handshakes);
         eprintln!(
             "[{:>4.0}s] open {:>6}  sent {:>8}/s  received {:>8}/s  handshakes {:>6}/s  errors {}",
-            tick.saturating_duration_since(config.epoch).as_secs_f64(),
+            tick.saturating_duration_since(config.epoch()).as_secs_f64(),
             sum(|worker| &worker.open),
             sent.saturating_sub(last.0),
             received.saturating_sub(last.1),
@@ -683,15 +758,6 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
     } else {
         Duration::ZERO
     };
-    let epoch = Instant::now() + START_DELAY;
-    let epoch_unix_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-        .saturating_add(u64::try_from(START_DELAY.as_millis()).unwrap_or(0));
-    let ramp_end = epoch + ramp_time;
-    let deadline = ramp_end + duration;
 
     let window = match load {
         LoadModel::Closed { window } => window,
@@ -730,10 +796,9 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
         active_ratio: args.active_ratio,
         senders,
         ramp_per_sec: args.ramp,
-        epoch,
-        epoch_unix_ms,
-        ramp_end,
-        deadline,
+        ramp_time,
+        duration,
+        clock: OnceLock::new(),
         connect_timeout,
         drain_timeout,
         close_timeout,
