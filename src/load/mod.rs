@@ -720,10 +720,16 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
             .collect(),
         None => core_affinity::get_core_ids().unwrap_or_default(),
     };
+    // A worker without a connection would only add a thread.
     let workers = match args.workers {
         0 => cores.len().max(1),
         workers => workers,
-    };
+    }
+    .min(
+        usize::try_from(args.connections)
+            .unwrap_or(usize::MAX)
+            .max(1),
+    );
     let source_addrs = match &args.source_addrs {
         Some(list) => plan::parse_source_addrs(list)?,
         None => Vec::new(),
@@ -1034,6 +1040,14 @@ mod tests {
         let setup = prepare(&parse(&["--rate", "5000"])).unwrap();
         assert_eq!(setup.config.load, LoadModel::Open { rate: 5000.0 });
         assert!(Cli::try_parse_from(["load", "ws://h/", "--rate", "1", "--window", "2"]).is_err());
+    }
+
+    #[test]
+    fn prepare_caps_workers_at_connections() {
+        let setup = prepare(&parse(&["--workers", "100", "--connections", "4"])).unwrap();
+        assert_eq!(setup.config.workers, 4);
+        let setup = prepare(&parse(&["--workers", "3", "--connections", "40"])).unwrap();
+        assert_eq!(setup.config.workers, 3);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum PlanError {
     SourceAddrs { text: String },
     #[error("source address range {text:?} names more than {MAX_SOURCE_ADDRS} addresses")]
     SourceRangeTooLarge { text: String },
+    #[error("source address range {text:?} ends before it starts; write the lower address first")]
+    SourceRangeReversed { text: String },
 }
 
 /// Open-loop schedule of one connection: message `k` is due at `start + k * interval`,
@@ -227,7 +229,9 @@ pub fn parse_source_addrs(text: &str) -> Result<Vec<IpAddr>, PlanError> {
         let last: Ipv4Addr = last.trim().parse().map_err(|_| invalid())?;
         let (first, last) = (u32::from(first), u32::from(last));
         if last < first {
-            return Err(invalid());
+            return Err(PlanError::SourceRangeReversed {
+                text: part.to_owned(),
+            });
         }
         if last - first >= MAX_SOURCE_ADDRS {
             return Err(PlanError::SourceRangeTooLarge {
@@ -379,6 +383,12 @@ mod tests {
         for bad in ["", "x", "127.0.0.4-127.0.0.2", "::1-::2"] {
             assert!(parse_source_addrs(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(
+            parse_source_addrs("127.0.0.2, 127.0.0.9-127.0.0.3"),
+            Err(PlanError::SourceRangeReversed {
+                text: "127.0.0.9-127.0.0.3".to_owned()
+            })
+        );
         assert_eq!(
             parse_source_addrs("10.0.0.0-10.255.255.255"),
             Err(PlanError::SourceRangeTooLarge {
