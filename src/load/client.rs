@@ -41,10 +41,14 @@ const MAX_BATCH: usize = 256;
 /// Read size of connections that only receive now and then.
 const IDLE_READ_BYTES: usize = 2048;
 
-/// First wait before reconnecting after a failed connect or upgrade; doubles up to
-/// [`MAX_BACKOFF`].
+/// First wait before reconnecting after a failed connect or upgrade, or after a connection that
+/// ended within [`STABLE_CONNECTION`]; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Lifetime after which a connection that ends counts as having worked, so the next
+/// reconnect does not wait.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
 
 /// Interval at which a worker copies its counters to the progress line.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
@@ -766,7 +770,7 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         };
-        backoff = FIRST_BACKOFF;
+        let opened_at = Instant::now();
         if let Some(injector) = user.injector.borrow_mut().as_mut() {
             injector.reset();
         }
@@ -784,7 +788,16 @@ async fn run_user(worker: Rc<Worker>, user: Rc<User>) {
 
         match outcome {
             Outcome::Done => break,
-            Outcome::Reconnect => {}
+            // RFC 6455 §7.2.3: a client reconnecting after an abnormal end backs off, so a
+            // server that ends every connection at once is not hammered. A connection that
+            // lasted resets the wait.
+            Outcome::Reconnect if opened_at.elapsed() >= STABLE_CONNECTION => {
+                backoff = FIRST_BACKOFF;
+            }
+            Outcome::Reconnect => {
+                sleep_until((Instant::now() + backoff).min(config.deadline())).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
             Outcome::Replace => replace = true,
         }
     }
