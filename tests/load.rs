@@ -403,19 +403,17 @@ fn load_keeps_sending_after_server_recycles_connections() {
     );
 }
 
-#[test]
-fn load_fails_broken_server_with_1002() {
+/// Runs one connection of `framegate load` against a server that upgrades it and then sends
+/// `frame`. Returns the payload of the close frame the client sent back (empty when none came)
+/// and the run's summary.
+fn close_after_server_frame(frame: &'static [u8], name: &str) -> (Vec<u8>, serde_json::Value) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("address");
-    // Upgrades one connection, sends a frame with RSV1 set (no extension was agreed, so
-    // RFC 6455 §5.2 makes it a protocol error) and returns what the client sent back.
     let server = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().expect("accept");
         let mut data = accept_upgrade(&mut stream).expect("upgrade");
-        stream
-            .write_all(&[0xc1, 2, b'h', b'i'])
-            .expect("write frame");
+        stream.write_all(frame).expect("write frame");
         let mut chunk = [0u8; 4096];
         loop {
             // The client's messages come first; skip them.
@@ -431,7 +429,7 @@ fn load_fails_broken_server_with_1002() {
             }
         }
     });
-    let summary_file = SummaryFile::new("broken");
+    let summary_file = SummaryFile::new(name);
     let summary = run_load(
         &strings(&[
             &format!("ws://{addr}/"),
@@ -446,57 +444,21 @@ fn load_fails_broken_server_with_1002() {
         ]),
         &summary_file,
     );
-    let close = server.join().expect("server thread");
+    (server.join().expect("server thread"), summary)
+}
+
+#[test]
+fn load_fails_broken_server_with_1002() {
+    // RSV1 set although no extension was agreed: RFC 6455 §5.2 makes it a protocol error.
+    let (close, summary) = close_after_server_frame(&[0xc1, 2, b'h', b'i'], "broken");
     assert_eq!(close.get(..2), Some(&[0x03, 0xea][..]), "close code 1002");
     assert!(count(&summary["errors"]["protocol"]) >= 1, "{summary:#}");
 }
 
 #[test]
 fn load_fails_invalid_utf8_with_1007() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
-    // Upgrades one connection, sends a text frame whose payload is not UTF-8 (RFC 6455 §8.1
-    // makes the client fail the connection) and returns what the client sent back.
-    let server = std::thread::spawn(move || {
-        let (mut stream, _) = listener.accept().expect("accept");
-        let mut data = accept_upgrade(&mut stream).expect("upgrade");
-        stream
-            .write_all(&[0x81, 3, b'h', 0xff, 0xfe])
-            .expect("write frame");
-        let mut chunk = [0u8; 4096];
-        loop {
-            // The client's messages come first; skip them.
-            while let Some((opcode, payload, used)) = client_frame_at(&data) {
-                if opcode == 0x8 {
-                    return payload;
-                }
-                data.drain(..used);
-            }
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return Vec::new(),
-                Ok(n) => data.extend_from_slice(&chunk[..n]),
-            }
-        }
-    });
-
-    let summary_file = SummaryFile::new("utf8");
-    let summary = run_load(
-        &strings(&[
-            &format!("ws://{addr}/"),
-            "--no-auth",
-            "--raw",
-            "--connections",
-            "1",
-            "--duration",
-            "1",
-            "--connect-timeout",
-            "1",
-        ]),
-        &summary_file,
-    );
-
-    let close = server.join().expect("server thread");
+    // A text frame whose payload is not UTF-8: RFC 6455 §8.1 makes the client fail it.
+    let (close, summary) = close_after_server_frame(&[0x81, 3, b'h', 0xff, 0xfe], "utf8");
     assert_eq!(close.get(..2), Some(&[0x03, 0xef][..]), "close code 1007");
     assert!(count(&summary["errors"]["protocol"]) >= 1, "{summary:#}");
     assert_eq!(count(&summary["errors"]["mismatch"]), 0, "{summary:#}");
