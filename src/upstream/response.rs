@@ -262,7 +262,10 @@ fn decode_chunked(
 
         let (size_len, size) = match httparse::parse_chunk_size(rest) {
             Ok(httparse::Status::Complete(found)) => found,
-            Ok(httparse::Status::Partial) if rest.len() > MAX_CHUNK_LINE => {
+            // A final CR may be the start of the line's CRLF, which the limit leaves out.
+            Ok(httparse::Status::Partial)
+                if rest.strip_suffix(b"\r").unwrap_or(rest).len() > MAX_CHUNK_LINE =>
+            {
                 return Err(ResponseError::ChunkLineTooLong {
                     max: MAX_CHUNK_LINE,
                 });
@@ -270,6 +273,17 @@ fn decode_chunked(
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(ResponseError::Chunked),
         };
+        // httparse takes a line that arrived whole at any length, a line without a digit as
+        // size 0, and a bare LF inside an extension. RFC 9112 §7.1 allows none of them.
+        let line = rest.get(..size_len.saturating_sub(2)).unwrap_or_default();
+        if line.len() > MAX_CHUNK_LINE {
+            return Err(ResponseError::ChunkLineTooLong {
+                max: MAX_CHUNK_LINE,
+            });
+        }
+        if !line.first().is_some_and(u8::is_ascii_hexdigit) || line.contains(&b'\n') {
+            return Err(ResponseError::Chunked);
+        }
         let size = usize::try_from(size).map_err(|_| ResponseError::Chunked)?;
         if size == 0 {
             progress.at += size_len;
@@ -591,6 +605,58 @@ mod tests {
                 max: MAX_CHUNK_LINE
             }
         );
+    }
+
+    #[test]
+    fn whole_chunk_line_is_bounded() {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let line = |extension: usize| format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(extension));
+        // The line without its CRLF is `1;` and the extension.
+        let at_limit = format!("{head}{}", line(MAX_CHUNK_LINE - 2));
+        let mut reader = ResponseReader::new(1 << 20);
+        let mut buf = BytesMut::from(at_limit.as_bytes());
+        let response = reader.parse(&mut buf, false).unwrap().unwrap();
+        assert_eq!(&response.body[..], b"a");
+
+        let over = format!("{head}{}", line(MAX_CHUNK_LINE - 1));
+        let mut buf = BytesMut::from(over.as_bytes());
+        assert_eq!(
+            reader.parse(&mut buf, false).unwrap_err(),
+            ResponseError::ChunkLineTooLong {
+                max: MAX_CHUNK_LINE
+            }
+        );
+    }
+
+    #[test]
+    fn chunk_line_cr_at_limit_waits() {
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut reader = ResponseReader::new(1 << 20);
+        let mut buf = BytesMut::from(head.as_bytes());
+        buf.extend_from_slice(b"1;");
+        buf.resize(head.len() + MAX_CHUNK_LINE, b'x');
+        buf.extend_from_slice(b"\r");
+        assert!(reader.parse(&mut buf, false).unwrap().is_none());
+        buf.extend_from_slice(b"\na\r\n0\r\n\r\n");
+        let response = reader.parse(&mut buf, false).unwrap().unwrap();
+        assert_eq!(&response.body[..], b"a");
+    }
+
+    #[test]
+    fn malformed_chunk_line_fails() {
+        for chunks in [
+            "\r\n3\r\nabc\r\n0\r\n\r\n",
+            ";ext\r\n\r\n",
+            " 3\r\nabc\r\n0\r\n\r\n",
+            "3;a\nb\r\nabc\r\n0\r\n\r\n",
+        ] {
+            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}");
+            assert_eq!(
+                parse(&text).unwrap_err(),
+                ResponseError::Chunked,
+                "{chunks:?}"
+            );
+        }
     }
 
     #[test]
