@@ -698,6 +698,18 @@ impl Config {
             });
         }
 
+        // The relay reads `to` as a user id string, so another configured type would reject
+        // every message.
+        if file.backend == BackendKind::Relay
+            && let Some(field) = required.iter().find(|field| field.name == "to")
+            && !matches!(field.kind, FieldKind::String | FieldKind::Any)
+        {
+            return Err(ConfigError::Range {
+                key: "required_fields",
+                value: format!("to = {:?}", field.kind.name()),
+                allowed: "\"string\" or \"any\" for `to` with the relay backend, which reads it as a user id",
+            });
+        }
         // The relay needs a recipient: a message without `to` gets missing_field, like any
         // other required field.
         if file.backend == BackendKind::Relay && !required.iter().any(|field| field.name == "to") {
@@ -1459,6 +1471,18 @@ mod tests {
         assert_eq!(config.backend, BackendKind::Echo);
         let config = parse("json = false\nallow_binary = false\nbackend = \"echo\"\n").unwrap();
         assert!(!config.allow_binary);
+    }
+
+    #[test]
+    fn relay_to_must_be_a_string() {
+        let err = parse("[required_fields]\nto = \"number\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("required_fields"), "{err}");
+        assert!(err.contains("user id"), "{err}");
+        assert!(parse("[required_fields]\nto = \"any\"\n").is_ok());
+        let echo = "backend = \"echo\"\n[required_fields]\nto = \"number\"\n";
+        assert!(parse(echo).is_ok());
     }
 
     #[test]
