@@ -37,6 +37,8 @@ pub struct Connection {
     url: UpstreamUrl,
     stream: Option<TcpStream>,
     buf: BytesMut,
+    /// Whether any byte of a response to the request in flight has arrived, 1xx included.
+    answered: bool,
 }
 
 impl Connection {
@@ -45,6 +47,7 @@ impl Connection {
             url,
             stream: None,
             buf: BytesMut::new(),
+            answered: false,
         }
     }
 
@@ -84,8 +87,9 @@ impl Connection {
         if self.stream.is_some() {
             match self.exchange(request).await {
                 // Nothing came back on a reused connection: the server most likely closed
-                // it while idle, so try once on a fresh one.
-                Err(ClientError::Closed | ClientError::Io(_)) if self.buf.is_empty() => {
+                // it while idle, so try once on a fresh one. After an interim 1xx response
+                // the server has read the request, so it is not sent again.
+                Err(ClientError::Closed | ClientError::Io(_)) if !self.answered => {
                     self.reset();
                 }
                 // A server that times out an idle connection may send 408 before closing it.
@@ -128,6 +132,7 @@ impl Connection {
             return Err(ClientError::Closed);
         };
         self.buf.clear();
+        self.answered = false;
         stream
             .write_all(&request.head)
             .await
@@ -156,6 +161,7 @@ impl Connection {
                 .map_err(ClientError::Io)?;
             // A body without a length ends at the close, so parse once more before failing.
             closed = read == 0;
+            self.answered |= read > 0;
         }
     }
 
@@ -226,6 +232,67 @@ mod tests {
         assert_eq!(response.body.len(), 1 << 20);
         assert!(response.keep_alive);
         assert!(capacity <= MAX_KEPT_BUFFER, "kept a {capacity}-byte buffer");
+    }
+
+    #[test]
+    fn interim_response_then_close_is_not_resent() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counter.fetch_add(1, Ordering::SeqCst);
+                // The first request gets a kept-alive 200, the second a 100 and the close.
+                let mut replies = [
+                    &b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..],
+                    &b"HTTP/1.1 100 Continue\r\n\r\n"[..],
+                ]
+                .into_iter();
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = find(&request, b"\r\n\r\n{}\n") {
+                        request.drain(..end + 7);
+                        let Some(reply) = replies.next() else { return };
+                        let _ = stream.write_all(reply);
+                        if replies.len() == 0 {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            }
+        });
+
+        let url = UpstreamUrl::parse(&format!("http://{addr}/")).expect("url");
+        let mut connection = Connection::new(url);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let first = runtime.block_on(connection.send(&request(), Duration::from_secs(5)));
+        assert_eq!(first.expect("first response").status, 200);
+        let second = runtime.block_on(connection.send(&request(), Duration::from_secs(5)));
+        assert!(matches!(second, Err(ClientError::Closed)), "{second:?}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the request was sent again"
+        );
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack
+            .windows(needle.len())
+            .position(|window| window == needle)
     }
 
     #[test]
