@@ -31,9 +31,11 @@ use crate::message::{self, FromSplice, MessageRules};
 use crate::ratelimit::{Decision, TokenBucket};
 
 /// Payloads up to this size are copied next to their frame header instead of getting an
-/// iovec of their own: below it, the copy costs less than the extra iovec and keeps the
-/// iovec count of a pipelined burst bounded.
-pub const INLINE_PAYLOAD_MAX: usize = 256;
+/// iovec of their own: below it, the copy costs less than sharing the read buffer (a
+/// reference count) and the extra iovec, and it keeps the iovec count of a pipelined burst
+/// bounded. Measured on echo: 1 KiB and 2,000-byte payloads took 15 to 20 % and about 9 %
+/// less server CPU copied than shared; at 4,000 bytes the two were even within the noise.
+pub const INLINE_PAYLOAD_MAX: usize = 2048;
 
 /// Largest close reason that fits in a control frame (125 bytes minus the 2-byte code).
 const MAX_CLOSE_REASON: usize = 123;
