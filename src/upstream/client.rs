@@ -207,16 +207,21 @@ mod tests {
         }
     }
 
-    fn send(
-        addr: std::net::SocketAddr,
-        request: &Request,
-    ) -> (Result<Response, ClientError>, usize) {
+    /// Returns a connection to `addr` and a runtime to drive it.
+    fn client(addr: std::net::SocketAddr) -> (Connection, tokio::runtime::Runtime) {
         let url = UpstreamUrl::parse(&format!("http://{addr}/")).expect("url");
-        let mut connection = Connection::new(url);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
+        (Connection::new(url), runtime)
+    }
+
+    fn send(
+        addr: std::net::SocketAddr,
+        request: &Request,
+    ) -> (Result<Response, ClientError>, usize) {
+        let (mut connection, runtime) = client(addr);
         let outcome = runtime.block_on(connection.send(request, Duration::from_secs(5)));
         (outcome, connection.buf.capacity())
     }
@@ -272,12 +277,7 @@ mod tests {
             }
         });
 
-        let url = UpstreamUrl::parse(&format!("http://{addr}/")).expect("url");
-        let mut connection = Connection::new(url);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let (mut connection, runtime) = client(addr);
         let first = runtime.block_on(connection.send(&request(), Duration::from_secs(5)));
         assert_eq!(first.expect("first response").status, 200);
         let second = runtime.block_on(connection.send(&request(), Duration::from_secs(5)));
