@@ -303,7 +303,7 @@ pub(crate) struct RunConfig {
     pub ramp_time: Duration,
     /// Time of load after the ramp.
     pub duration: Duration,
-    /// Set by [`RunConfig::start_clock`].
+    /// Start and end times of the run, set by [`RunConfig::start_clock`].
     clock: OnceLock<Clock>,
     pub connect_timeout: Duration,
     pub drain_timeout: Duration,
