@@ -237,8 +237,9 @@ impl Outbox {
             self.gather.advance(sent);
         }
         if self.queued_bytes == 0 {
-            // Keeps the allocation for the next frames.
+            // Keeps the allocation for the next frames, from its start.
             self.gather.clear();
+            rewind(&mut self.gather);
             self.tail_pong_at = None;
         }
     }
@@ -251,6 +252,21 @@ impl Outbox {
 }
 
 /// Length of an unmasked server frame header for a payload of `len` bytes (RFC 6455 §5.2).
+/// Moves the start of the empty `buf` back to the start of its allocation, so the next bytes
+/// are written to cache lines that are still warm. Without it the start moves on through the
+/// allocation until a `reserve` moves it back. Nothing is allocated or copied, and a buffer
+/// whose allocation another handle shares is left unchanged.
+pub(crate) fn rewind(buf: &mut BytesMut) {
+    debug_assert!(
+        buf.is_empty(),
+        "rewind of a buffer that holds {} bytes",
+        buf.len()
+    );
+    // A request for more than the free space makes `try_reclaim` reclaim the space before
+    // the start.
+    let _ = buf.try_reclaim(buf.capacity() + 1);
+}
+
 fn header_len(len: usize) -> usize {
     match len {
         0..=125 => 2,
@@ -1224,6 +1240,51 @@ mod tests {
         // The emptied outbox queues and describes new frames from the start.
         out.push_frame(OpCode::Text, &Bytes::from_static(b"next"));
         assert_eq!(described(&out, 8), b"\x81\x04next");
+    }
+
+    #[test]
+    fn outbox_reuses_buffer_start_when_empty() {
+        let mut out = Outbox::default();
+        out.push_frame_copy(OpCode::Text, b"first");
+        let start = out.gather.as_ptr();
+        let capacity = out.gather.capacity();
+        out.consume(3);
+        out.consume(out.queued_bytes());
+        out.push_frame_copy(OpCode::Text, b"second");
+        assert_eq!(out.gather.as_ptr(), start);
+        assert_eq!(out.gather.capacity(), capacity);
+        assert_eq!(described(&out, 8), b"\x81\x06second");
+    }
+
+    #[test]
+    fn rewind_moves_to_allocation_start() {
+        let mut buf = BytesMut::with_capacity(64);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(&[7; 40]);
+        buf.advance(40);
+        assert_eq!(buf.capacity(), 24);
+        rewind(&mut buf);
+        assert_eq!(buf.as_ptr(), start);
+        assert_eq!(buf.capacity(), 64);
+        // Already at the start: nothing changes.
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (start, 64));
+    }
+
+    #[test]
+    fn rewind_skips_shared_allocation() {
+        let mut buf = BytesMut::with_capacity(64);
+        buf.extend_from_slice(&[7; 40]);
+        let split_off = buf.split().freeze();
+        let (start, capacity) = (buf.as_ptr(), buf.capacity());
+        rewind(&mut buf);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (start, capacity));
+        assert_eq!(&split_off[..], &[7; 40]);
+        // Once the other handle is gone the allocation is this buffer's again.
+        drop(split_off);
+        rewind(&mut buf);
+        assert_eq!(buf.as_ptr(), start.wrapping_sub(40));
+        assert_eq!(buf.capacity(), 64);
     }
 
     #[test]

@@ -65,8 +65,11 @@ fn apply_mask_avx2(buf: &mut [u8], key: [u8; 4], offset: usize) {
 #[inline(always)]
 fn xor_words(buf: &mut [u8], key: [u8; 4], offset: usize) {
     // Rotate the key so that its byte 0 applies to buf[0].
-    let mut phased = key;
-    phased.rotate_left(offset % 4);
+    // Byte 0 of a little-endian word is its low byte, so rotating the word right by 8 bits
+    // moves each key byte one place towards the start. `<[u8; 4]>::rotate_left` is not inlined.
+    let phased = u32::from_le_bytes(key)
+        .rotate_right(8 * (offset % 4) as u32)
+        .to_le_bytes();
     let [k0, k1, k2, k3] = phased;
     let key_word = u64::from_ne_bytes([k0, k1, k2, k3, k0, k1, k2, k3]);
 

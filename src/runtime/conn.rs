@@ -110,6 +110,9 @@ impl ReadSizing {
             return;
         }
         let wanted = wanted.max(read_size);
+        if buf.is_empty() {
+            crate::conn::rewind(buf);
+        }
         if buf.capacity() - buf.len() < wanted / 2 {
             buf.reserve(wanted);
         }
@@ -791,12 +794,27 @@ mod tests {
         busy.prepare(&mut buf, 0, 16 * 1024);
         assert!(buf.capacity() >= 8 * 1024, "capacity {}", buf.capacity());
 
-        // Half a buffer or more left: no new allocation.
+        // Bytes left unhandled and half a buffer or more free: no new allocation.
         let mut buf = BytesMut::with_capacity(16 * 1024);
         buf.resize(4096, 0);
-        let _ = buf.split();
+        let _ = buf.split_to(4000);
         busy.prepare(&mut buf, 0, 16 * 1024);
-        assert_eq!(buf.capacity(), 12 * 1024);
+        assert_eq!((buf.len(), buf.capacity()), (96, 12 * 1024 + 96));
+    }
+
+    #[test]
+    fn read_sizing_rewinds_empty_buffer() {
+        let busy = ReadSizing {
+            short_reads: 0,
+            sparse_reads: 0,
+        };
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let start = buf.as_ptr();
+        buf.resize(1120, 0);
+        buf.advance(1120);
+        busy.prepare(&mut buf, 0, 16 * 1024);
+        assert_eq!(buf.as_ptr(), start);
+        assert_eq!(buf.capacity(), 16 * 1024);
     }
 
     #[test]
