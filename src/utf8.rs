@@ -10,6 +10,10 @@
 
 use simdutf8::compat;
 
+/// Chunks up to this length are first checked for plain ASCII. Longer chunks go straight to
+/// simdutf8, so a long text with a late non-ASCII byte is not scanned twice.
+const SHORT_CHUNK_BYTES: usize = 256;
+
 /// Text that is not valid UTF-8.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid UTF-8 after {valid_up_to} valid bytes")]
@@ -53,6 +57,12 @@ impl Utf8Validator {
     pub fn feed(&mut self, chunk: &[u8]) -> Result<(), Utf8Error> {
         let rest = self.complete_pending(chunk)?;
         if rest.is_empty() {
+            return Ok(());
+        }
+        // ASCII is valid UTF-8, and for a short chunk a plain ASCII scan costs less than
+        // simdutf8's call and set-up.
+        if rest.len() <= SHORT_CHUNK_BYTES && rest.is_ascii() {
+            self.valid_len = self.valid_len.saturating_add(rest.len());
             return Ok(());
         }
 
@@ -210,6 +220,17 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn validator_counts_short_ascii_chunks() {
+        let mut long = vec![b'a'; SHORT_CHUNK_BYTES + 1];
+        long.push(0xFF);
+        let short_then_long: [&[u8]; 2] = [b"abc", &long];
+        let mut joined = b"abc".to_vec();
+        joined.extend_from_slice(&long);
+        assert_eq!(run(&short_then_long), expected(&joined));
+        assert_eq!(run(&[b"abc", b"\xE2", b"\x82\xACde", b"\xFF"]), Err(8));
     }
 
     #[test]

@@ -184,6 +184,12 @@ impl MessageReader {
     /// reference count. After [`InPlace::Message`] the caller must remove those `len` bytes
     /// (`advance` or `split_to`) before calling again; otherwise they are decoded as a frame.
     pub fn next_in_place(&mut self, buf: &mut BytesMut) -> Result<Option<InPlace>, DecodeError> {
+        if self.frame.is_none()
+            && self.assembly.is_none()
+            && let Some(message) = self.whole_short_message(buf)?
+        {
+            return Ok(Some(message));
+        }
         loop {
             let mut frame = match self.frame.take() {
                 Some(frame) => frame,
@@ -210,6 +216,49 @@ impl MessageReader {
                 return Ok(Some(event));
             }
         }
+    }
+
+    /// Decodes the most common frame without the general state machine: a final text or
+    /// binary frame with a 7-bit length (at most 125 bytes) that is wholly in `buf`. Returns
+    /// `None` and leaves `buf` unchanged for any other input, which the general path then
+    /// decodes. Invalid UTF-8 gives the same error on both paths.
+    fn whole_short_message(&mut self, buf: &mut BytesMut) -> Result<Option<InPlace>, DecodeError> {
+        const HEADER_LEN: usize = 6;
+        let Some(&[first, second, k0, k1, k2, k3]) = buf.first_chunk::<HEADER_LEN>() else {
+            return Ok(None);
+        };
+        // §5.2: FIN set, RSV1-3 clear, opcode 0x1 or 0x2. §5.1: the mask bit is set.
+        let kind = match first {
+            0x81 => MessageKind::Text,
+            0x82 if self.config.allow_binary => MessageKind::Binary,
+            _ => return Ok(None),
+        };
+        if second & 0x80 == 0 {
+            return Ok(None);
+        }
+        let len = usize::from(second & 0x7F);
+        if len > 125 || len > self.config.max_message_bytes {
+            return Ok(None);
+        }
+        let Some(payload) = buf.get_mut(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
+
+        apply_mask(payload, [k0, k1, k2, k3], 0);
+        // Consumed before the UTF-8 check, so an error leaves `buf` as the general path does.
+        buf.advance(HEADER_LEN);
+        if kind == MessageKind::Text {
+            // §8.1: a text message must be valid UTF-8 as a whole.
+            self.text.reset();
+            self.text
+                .feed(buf.get(..len).unwrap_or_default())
+                .and_then(|()| self.text.finish())
+                .map_err(|err| DecodeError::TextInvalidUtf8 {
+                    valid_up_to: err.valid_up_to,
+                })?;
+        }
+        self.missing_bytes = 0;
+        Ok(Some(InPlace::Message { kind, len }))
     }
 
     /// Returns how many more bytes the frame in progress needs, as of the last `next_event`
@@ -606,6 +655,36 @@ mod tests {
                 "split {split}"
             );
         }
+    }
+
+    #[test]
+    fn reader_short_frame_fast_path_matches_general_path() {
+        let too_small = ReaderConfig {
+            max_message_bytes: 4,
+            ..CONFIG
+        };
+        let no_binary = ReaderConfig {
+            allow_binary: false,
+            ..CONFIG
+        };
+        let cases: [(&str, ReaderConfig, Vec<u8>); 6] = [
+            ("text", CONFIG, client_frame(0x81, b"hello")),
+            ("empty binary", CONFIG, client_frame(0x82, b"")),
+            ("125 bytes", CONFIG, client_frame(0x81, &[b'a'; 125])),
+            ("invalid UTF-8", CONFIG, client_frame(0x81, b"ab\xC0\x80")),
+            ("cut code point", CONFIG, client_frame(0x81, b"ab\xE2\x82")),
+            ("over the limit", too_small, client_frame(0x81, b"hello")),
+        ];
+        for (name, config, stream) in cases {
+            // One-byte reads never hold a whole frame with a payload, so they take the
+            // general path.
+            let general = read_chunks(config, stream.chunks(1));
+            assert_eq!(read_all(config, &stream), general, "{name}");
+        }
+        assert_eq!(
+            read_all(no_binary, &client_frame(0x82, b"x")),
+            Err(DecodeError::BinaryNotAllowed)
+        );
     }
 
     #[test]
