@@ -239,7 +239,8 @@ impl ConnHandle {
     /// for what the socket does not take. While a writer task runs it sends new frames too.
     /// While the worker holds sends, the connection is listed and sends when they are released.
     pub(crate) fn wake_writer(&self) {
-        if self.writer_running.get() || self.dead.get() {
+        // A listed connection is woken again when the worker's hold ends.
+        if self.writer_running.get() || self.dead.get() || self.listed_for_send.get() {
             return;
         }
         let Some(worker) = self.worker.upgrade() else {
