@@ -1384,13 +1384,7 @@ async fn read_loop(
                 Ok(Some(header)) => header,
                 Ok(None) => break,
                 Err(err) => {
-                    tracing::debug!(user = user.index, error = %err, "server broke the protocol");
-                    let mut stats = worker.stats.borrow_mut();
-                    stats.errors.protocol += 1;
-                    stats.note_error("protocol", &err);
-                    drop(stats);
-                    conn.fail_protocol(&worker, PROTOCOL_ERROR);
-                    finish_reader(&conn);
+                    fail_protocol_violation(&worker, &user, &conn, PROTOCOL_ERROR, &err);
                     return;
                 }
             };
@@ -1407,17 +1401,13 @@ async fn read_loop(
             // reference count that each frame would change twice.
             buf.advance(frame_len.min(buf.len()));
             if let Err(violation) = handled {
-                tracing::debug!(
-                    user = user.index,
-                    error = violation.description,
-                    "server broke the protocol"
+                fail_protocol_violation(
+                    &worker,
+                    &user,
+                    &conn,
+                    violation.code,
+                    &violation.description,
                 );
-                let mut stats = worker.stats.borrow_mut();
-                stats.errors.protocol += 1;
-                stats.note_error("protocol", &violation.description);
-                drop(stats);
-                conn.fail_protocol(&worker, violation.code);
-                finish_reader(&conn);
                 return;
             }
         }
@@ -1456,6 +1446,24 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Counts a server frame that breaks RFC 6455, keeps it as the run's first error when it is
+/// one, and fails the connection with close code `code`.
+fn fail_protocol_violation(
+    worker: &Worker,
+    user: &User,
+    conn: &Conn,
+    code: u16,
+    reason: &dyn std::fmt::Display,
+) {
+    tracing::debug!(user = user.index, error = %reason, "server broke the protocol");
+    let mut stats = worker.stats.borrow_mut();
+    stats.errors.protocol += 1;
+    stats.note_error("protocol", reason);
+    drop(stats);
+    conn.fail_protocol(worker, code);
+    finish_reader(conn);
 }
 
 fn finish_reader(conn: &Conn) {

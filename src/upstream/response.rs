@@ -68,8 +68,8 @@ struct ChunkedProgress {
     /// Offset after the head where decoding resumes: the start of a chunk-size line, or of
     /// the trailer section once the last chunk has been read.
     at: usize,
-    /// Bytes of the trailer section already searched for its end. It is set once the last
-    /// chunk has been read.
+    /// Bytes already searched for the end of the trailer section, counted from the CRLF that
+    /// ends the last chunk's line. It is set once the last chunk has been read.
     trailer_scanned: Option<usize>,
 }
 
@@ -244,20 +244,19 @@ fn decode_chunked(
     loop {
         let rest = input.get(progress.at..).unwrap_or_default();
         if let Some(scanned) = progress.trailer_scanned {
-            // Trailer fields are not used; the body ends at the empty line after them.
-            if rest.starts_with(b"\r\n") {
-                let body = std::mem::take(&mut progress.body).freeze();
-                return Ok(Some((body, progress.at + 2)));
-            }
+            // Trailer fields are not used. The body ends at the first CRLF CRLF counted from
+            // the CRLF that ends the last chunk's line, so an empty trailer section ends it too.
+            let section_at = progress.at.saturating_sub(2);
+            let section = input.get(section_at..).unwrap_or_default();
             // The end may straddle what the last call saw, so look 3 bytes back.
             let from = scanned.saturating_sub(3);
-            let searched = rest.get(from..).unwrap_or_default();
+            let searched = section.get(from..).unwrap_or_default();
             let Some(end) = searched.windows(4).position(|window| window == b"\r\n\r\n") else {
-                progress.trailer_scanned = Some(rest.len());
+                progress.trailer_scanned = Some(section.len());
                 return Ok(None);
             };
             let body = std::mem::take(&mut progress.body).freeze();
-            return Ok(Some((body, progress.at + from + end + 4)));
+            return Ok(Some((body, section_at + from + end + 4)));
         }
 
         let (size_len, size) = match httparse::parse_chunk_size(rest) {
@@ -370,6 +369,8 @@ pub fn parse_deliveries(body: &[u8]) -> (Vec<Delivery>, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CHUNKED_HEAD: &str = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
 
     fn parse(text: &str) -> Result<Option<Response>, ResponseError> {
         let mut buf = BytesMut::from(text.as_bytes());
@@ -592,11 +593,10 @@ mod tests {
 
     #[test]
     fn chunk_line_length_is_bounded() {
-        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         let mut reader = ResponseReader::new(1 << 20);
-        let mut buf = BytesMut::from(head.as_bytes());
+        let mut buf = BytesMut::from(CHUNKED_HEAD.as_bytes());
         buf.extend_from_slice(b"1;");
-        buf.resize(head.len() + MAX_CHUNK_LINE, b'x');
+        buf.resize(CHUNKED_HEAD.len() + MAX_CHUNK_LINE, b'x');
         assert!(reader.parse(&mut buf, false).unwrap().is_none());
         buf.extend_from_slice(b"x");
         assert_eq!(
@@ -609,16 +609,15 @@ mod tests {
 
     #[test]
     fn whole_chunk_line_is_bounded() {
-        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         let line = |extension: usize| format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(extension));
         // The line without its CRLF is `1;` and the extension.
-        let at_limit = format!("{head}{}", line(MAX_CHUNK_LINE - 2));
+        let at_limit = format!("{CHUNKED_HEAD}{}", line(MAX_CHUNK_LINE - 2));
         let mut reader = ResponseReader::new(1 << 20);
         let mut buf = BytesMut::from(at_limit.as_bytes());
         let response = reader.parse(&mut buf, false).unwrap().unwrap();
         assert_eq!(&response.body[..], b"a");
 
-        let over = format!("{head}{}", line(MAX_CHUNK_LINE - 1));
+        let over = format!("{CHUNKED_HEAD}{}", line(MAX_CHUNK_LINE - 1));
         let mut buf = BytesMut::from(over.as_bytes());
         assert_eq!(
             reader.parse(&mut buf, false).unwrap_err(),
@@ -630,11 +629,10 @@ mod tests {
 
     #[test]
     fn chunk_line_cr_at_limit_waits() {
-        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         let mut reader = ResponseReader::new(1 << 20);
-        let mut buf = BytesMut::from(head.as_bytes());
+        let mut buf = BytesMut::from(CHUNKED_HEAD.as_bytes());
         buf.extend_from_slice(b"1;");
-        buf.resize(head.len() + MAX_CHUNK_LINE, b'x');
+        buf.resize(CHUNKED_HEAD.len() + MAX_CHUNK_LINE, b'x');
         buf.extend_from_slice(b"\r");
         assert!(reader.parse(&mut buf, false).unwrap().is_none());
         buf.extend_from_slice(b"\na\r\n0\r\n\r\n");
@@ -650,7 +648,7 @@ mod tests {
             " 3\r\nabc\r\n0\r\n\r\n",
             "3;a\nb\r\nabc\r\n0\r\n\r\n",
         ] {
-            let text = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{chunks}");
+            let text = format!("{CHUNKED_HEAD}{chunks}");
             assert_eq!(
                 parse(&text).unwrap_err(),
                 ResponseError::Chunked,
@@ -661,7 +659,6 @@ mod tests {
 
     #[test]
     fn parse_chunked_framing_is_bounded() {
-        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
         let max_sent = 2 * 1024;
         // Each case is exactly `max_sent` bytes after the head and not yet complete.
         let extension = format!("1;{}", "x".repeat(max_sent - 2));
@@ -674,7 +671,7 @@ mod tests {
             ("tiny chunks", tiny_chunks),
         ] {
             assert_eq!(sent.len(), max_sent, "{name}");
-            let text = format!("{head}{sent}");
+            let text = format!("{CHUNKED_HEAD}{sent}");
             assert!(parse(&text).unwrap().is_none(), "{name} at the limit");
             let over = format!("{text}a");
             assert_eq!(
