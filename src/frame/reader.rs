@@ -658,7 +658,7 @@ mod tests {
     }
 
     #[test]
-    fn reader_short_frame_fast_path_matches_general_path() {
+    fn reader_short_frame_paths_agree() {
         let too_small = ReaderConfig {
             max_message_bytes: 4,
             ..CONFIG

@@ -469,8 +469,8 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
     let mut session = Session::new(&shared.session, Instant::now());
     let mut closing = false;
     let mut sizing = ReadSizing::new();
-    // When handling of the bytes in `buf` starts: the time their read completed, so the
-    // clock is read twice per read, not three times.
+    // Time at which handling of the bytes in `buf` starts. It is the completion time of
+    // their read, which saves one clock read per read.
     let mut now = Instant::now();
 
     loop {
