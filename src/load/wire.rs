@@ -22,6 +22,12 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 16_384;
 /// Fixed value of the `conversation_id` field in generated chat messages.
 const CONVERSATION_ID: &str = "c";
 
+/// Ends the string before it and opens the `content` member's string value.
+const CONTENT_KEY: &[u8] = b"\",\"content\":\"";
+
+/// Ends the string before it and starts the `to` member.
+const TO_KEY: &[u8] = b"\",\"to\":";
+
 /// Identifies one generated message: the global connection index and the sequence number
 /// within that virtual user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,25 +181,58 @@ pub fn accept_matches(key: &str, accept: Option<&str>) -> bool {
 /// Appends one masked frame with FIN set (RFC 6455 §5.2): a client must mask every frame it
 /// sends with a fresh key (§5.3).
 pub fn encode_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
-    out.push(0x80 | opcode as u8);
-    let len = payload.len();
-    if let Ok(short) = u8::try_from(len)
+    encode_frame_with(out, opcode, key, |out| out.extend_from_slice(payload));
+}
+
+/// Appends one masked frame with FIN set whose payload `write` appends to `out`, and returns
+/// the payload length. The payload is written in place, not copied from a buffer of its own.
+pub fn encode_frame_with(
+    out: &mut Vec<u8>,
+    opcode: OpCode,
+    key: [u8; 4],
+    write: impl FnOnce(&mut Vec<u8>),
+) -> usize {
+    // The payload goes after room for the shortest masked header (two bytes and the key), and
+    // moves right when its length needs the 16- or 64-bit form (§5.2).
+    const SHORT_HEADER: usize = 6;
+    let start = out.len();
+    out.extend_from_slice(&[0; SHORT_HEADER]);
+    write(out);
+    let len = out.len() - start - SHORT_HEADER;
+
+    let mut header = [0u8; 14];
+    header[0] = 0x80 | opcode as u8;
+    let length_end = if let Ok(short) = u8::try_from(len)
         && short <= 125
     {
-        out.push(0x80 | short);
+        header[1] = 0x80 | short;
+        2
     } else if let Ok(medium) = u16::try_from(len) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&medium.to_be_bytes());
+        header[1] = 0x80 | 126;
+        header[2..4].copy_from_slice(&medium.to_be_bytes());
+        4
     } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes());
+        header[1] = 0x80 | 127;
+        header[2..10].copy_from_slice(&u64::try_from(len).unwrap_or(u64::MAX).to_be_bytes());
+        10
+    };
+    let header_len = length_end + key.len();
+    header[length_end..header_len].copy_from_slice(&key);
+
+    let payload_at = start + header_len;
+    if header_len > SHORT_HEADER {
+        out.resize(payload_at + len, 0);
+        out.copy_within(start + SHORT_HEADER..start + SHORT_HEADER + len, payload_at);
     }
-    out.extend_from_slice(&key);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    if let Some(masked) = out.get_mut(start..) {
-        apply_mask(masked, key, 0);
+    // A copy of constant length needs no call to memcpy for these few bytes.
+    let head = &mut out[start..payload_at];
+    match header_len {
+        6 => head.copy_from_slice(&header[..6]),
+        8 => head.copy_from_slice(&header[..8]),
+        _ => head.copy_from_slice(&header),
     }
+    apply_mask(&mut out[payload_at..], key, 0);
+    len
 }
 
 /// Appends a masked close frame carrying `code` and no reason (RFC 6455 §5.5.1).
@@ -272,18 +311,26 @@ impl MessageShape {
         write_id(out, id);
         out.extend_from_slice(b"\",\"conversation_id\":\"");
         out.extend_from_slice(CONVERSATION_ID.as_bytes());
-        out.extend_from_slice(b"\",\"content\":\"");
-        let mut tail = Vec::with_capacity(32 + to_json.len());
-        if body == Body::DuplicateKey {
-            tail.extend_from_slice(b"\",\"content\":\"");
-        }
-        let _ = write!(tail, "\",\"to\":{to_json}");
-        if body != Body::MalformedSyntax {
-            tail.push(b'}');
-        }
-        let fixed = out.len() - start + tail.len();
+        out.extend_from_slice(CONTENT_KEY);
+        // What follows the padding: a second content member for a duplicate key, the `to`
+        // member, and the closing brace that a syntax error leaves out.
+        let duplicate: &[u8] = if body == Body::DuplicateKey {
+            CONTENT_KEY
+        } else {
+            b""
+        };
+        let end: &[u8] = if body == Body::MalformedSyntax {
+            b""
+        } else {
+            b"}"
+        };
+        let tail_len = duplicate.len() + TO_KEY.len() + to_json.len() + end.len();
+        let fixed = out.len() - start + tail_len;
         out.resize(out.len() + target.saturating_sub(fixed), b'x');
-        out.extend_from_slice(&tail);
+        out.extend_from_slice(duplicate);
+        out.extend_from_slice(TO_KEY);
+        out.extend_from_slice(to_json.as_bytes());
+        out.extend_from_slice(end);
     }
 }
 
@@ -525,21 +572,26 @@ mod tests {
     #[test]
     fn encode_frame_masks_and_server_role_decodes() {
         let key = [1, 2, 3, 4];
-        for len in [0usize, 125, 126, 65_535, 65_536] {
-            let payload = vec![b'a'; len];
-            let mut out = Vec::new();
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536] {
+            // Distinct bytes, so a payload moved to the wrong offset shows.
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            // The frame goes after what the buffer already holds, which stays intact.
+            let mut out = b"earlier".to_vec();
             encode_frame(&mut out, OpCode::Text, &payload, key);
+            assert_eq!(&out[..7], b"earlier");
+            let frame = &out[7..];
             let limits = HeaderLimits {
                 role: crate::frame::Role::Server,
                 max_payload_bytes: usize::MAX,
                 allow_binary: true,
             };
-            let header = decode_header(&out, &limits).unwrap().unwrap();
+            let header = decode_header(frame, &limits).unwrap().unwrap();
             assert!(header.fin);
             assert_eq!(header.opcode, OpCode::Text);
             assert_eq!(header.mask, Some(key));
             assert_eq!(header.payload_len, len as u64);
-            let mut body = out[header.header_len..].to_vec();
+            assert_eq!(frame.len(), header.header_len + len);
+            let mut body = frame[header.header_len..].to_vec();
             apply_mask_plain(&mut body, key, 0);
             assert_eq!(body, payload, "length {len}");
         }
