@@ -388,7 +388,8 @@ pub struct Config {
     pub read_buffer_bytes: usize,
     /// Time from accept to a complete upgrade request before the socket is closed with 408.
     pub handshake_timeout: Duration,
-    /// Time the server waits for the client's TCP close after sending a close frame.
+    /// Time the server waits for the client's TCP close after a close frame it started, and
+    /// for the reply to a client's close frame to leave.
     pub close_timeout: Duration,
     /// Capacity of each worker's inbound delivery queue (messages).
     pub delivery_queue: usize,

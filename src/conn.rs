@@ -527,8 +527,9 @@ impl Tally {
 pub enum Flow {
     /// Keep reading.
     Continue,
-    /// A close frame is queued (our own or the reply to the peer's): flush the outbox, shut
-    /// down the write side and wait briefly for the peer's TCP close.
+    /// A close frame is queued (our own or the reply to the peer's): flush the outbox and shut
+    /// down the write side. After a close that this side started, wait briefly for the peer's
+    /// TCP close.
     Close {
         code: CloseCode,
         /// True when the peer started the close handshake.

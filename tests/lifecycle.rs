@@ -320,6 +320,32 @@ fn peer_fin_during_blocked_write_ends_connection() {
     drop(client);
 }
 
+#[test]
+fn client_close_ends_connection_without_client_fin() {
+    // RFC 6455 §5.5.1: once both close frames are exchanged the server closes TCP at once,
+    // and it does not wait for the client's FIN. The close timeout is far longer than the
+    // wait below, so a server that waited for the FIN would fail here.
+    let server = start_server(config(1, "close_timeout_ms = 30000\n"));
+    let mut client = open(server.local_addr(), "closer");
+    client.send(&client_frame(true, 0x8, &1000u16.to_be_bytes()));
+    assert_eq!(client.expect_close(), 1000);
+    assert!(
+        client.read_frame().is_none(),
+        "the server's FIN follows its close frame"
+    );
+    let replied_at = Instant::now();
+
+    eventually("the server to end the connection", || {
+        server.metrics().connections_open.iter().sum::<i64>() == 0
+    });
+    assert!(
+        replied_at.elapsed() < Duration::from_secs(5),
+        "the connection outlived the close handshake by {:?}",
+        replied_at.elapsed()
+    );
+    drop(client);
+}
+
 /// Opens an upgraded connection for `sub` with a `recv_buffer`-byte receive buffer. It is set
 /// before connecting, so the server gets a small TCP window.
 fn open_small_window(addr: std::net::SocketAddr, sub: &str, recv_buffer: usize) -> RawClient {

@@ -49,6 +49,10 @@ const SPARSE_BURST_READS: u8 = 4;
 /// recv that follows a read that filled the buffer (see [`reserve_waiting`]).
 const MAX_READS_BUFFERED: usize = 4;
 
+/// Non-blocking reads that discard what a peer sent after its close frame before the socket
+/// closes. It bounds the work that a peer still sending can cause.
+const CLOSE_DRAIN_READS: usize = 4;
+
 /// Chooses between a small and a full-size read buffer.
 ///
 /// With tokio-uring 0.5 every posted read keeps its buffer until data arrives, so an idle
@@ -468,6 +472,7 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
     let read_size = shared.config.read_buffer_bytes;
     let mut session = Session::new(&shared.session, Instant::now());
     let mut closing = false;
+    let mut closed_by_peer = false;
     let mut sizing = ReadSizing::new();
     // Time at which handling of the bytes in `buf` starts. It is the completion time of
     // their read, which saves one clock read per read.
@@ -511,10 +516,11 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
                 // Dropping the message removes it from `buf`.
                 worker.dispatch(handle, message);
             }
-            if let Flow::Close { code, .. } = flow {
+            if let Flow::Close { code, by_peer } = flow {
                 handle.close_code.set(Some(code.0));
                 handle.close_after_flush.set(true);
                 closing = true;
+                closed_by_peer = by_peer;
             }
             // Messages after the one that filled the queue wait in `buf` until there is room,
             // so the queue never contains more than `max_pending_messages`.
@@ -591,9 +597,34 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
     }
 
     // Boxed: a closing connection is rare, and the read loop's state stays small without it.
-    Box::pin(linger(handle, &shared.config, buf)).await;
+    if closed_by_peer {
+        Box::pin(send_close_reply(handle, &shared.config, buf)).await;
+    } else {
+        Box::pin(linger(handle, &shared.config, buf)).await;
+    }
     handle.dead.set(true);
     handle.writer_finished().await;
+}
+
+/// Ends a connection whose peer started the close handshake, once the reply has left. After
+/// both close frames the server must close TCP at once (RFC 6455 §5.5.1), so no read waits
+/// for the peer's FIN: the socket closes when the writer has flushed the reply and shut down
+/// the write side. A peer that does not read gets `close_timeout`, then the socket is shut
+/// down.
+async fn send_close_reply(handle: &ConnHandle, config: &crate::config::Config, mut buf: BytesMut) {
+    let flushed = tokio::time::timeout(config.close_timeout, handle.writer_finished()).await;
+    if flushed.is_err() {
+        let _ = handle.stream.shutdown(std::net::Shutdown::Both);
+        return;
+    }
+    // Closing a socket with unread bytes sends a reset, which a peer's stack may report
+    // instead of the clean end. Frames the peer sent after its close are discarded first.
+    for _ in 0..CLOSE_DRAIN_READS {
+        buf.clear();
+        if super::uring::recv_waiting(&handle.stream, &mut buf) == 0 {
+            break;
+        }
+    }
 }
 
 /// Ends a connection whose peer sent FIN or whose socket failed. A writer blocked on a peer
@@ -623,8 +654,8 @@ fn record_tally(worker: &Worker, tally: Tally) {
     }
 }
 
-/// After a close frame is queued: read and discard until the peer's FIN or the close
-/// timeout. Then the socket is shut down when a read is still in flight (shutting down
+/// After a close frame that this side started: read and discard until the peer's FIN or the
+/// close timeout. Then the socket is shut down when a read is still in flight (shutting down
 /// completes it) or the writer still runs (a peer that does not read would block it forever).
 async fn linger(handle: &ConnHandle, config: &crate::config::Config, mut buf: BytesMut) {
     let deadline = tokio::time::Instant::now() + config.close_timeout;
