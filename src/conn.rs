@@ -251,7 +251,6 @@ impl Outbox {
     }
 }
 
-/// Length of an unmasked server frame header for a payload of `len` bytes (RFC 6455 §5.2).
 /// Moves the start of the empty `buf` back to the start of its allocation, so the next bytes
 /// are written to cache lines that are still warm. Without it the start moves on through the
 /// allocation until a `reserve` moves it back. Nothing is allocated or copied, and a buffer
@@ -267,6 +266,7 @@ pub(crate) fn rewind(buf: &mut BytesMut) {
     let _ = buf.try_reclaim(buf.capacity() + 1);
 }
 
+/// Length of an unmasked server frame header for a payload of `len` bytes (RFC 6455 §5.2).
 fn header_len(len: usize) -> usize {
     match len {
         0..=125 => 2,

@@ -346,6 +346,44 @@ fn client_close_ends_connection_without_client_fin() {
     drop(client);
 }
 
+#[test]
+fn client_close_behind_in_reading_gets_every_reply() {
+    // A client that reads slowly sends 30 messages and its close in one write, then a ping
+    // (RFC 6455 allows control frames after a close). The echoes still wait for its receive
+    // window, so the server must not close the socket: the ping would then draw a reset that
+    // discards the untransmitted echoes and the close reply.
+    let server = start_server(config(
+        1,
+        "backend = \"echo\"\njson = false\nrate_per_sec = 0\nclose_timeout_ms = 5000\n",
+    ));
+    let mut client = open_small_window(server.local_addr(), "slow-closer", 4096);
+    let payload = vec![b'm'; 10_000];
+    let mut bytes = Vec::new();
+    for _ in 0..30 {
+        bytes.extend(client_frame(true, 0x2, &payload));
+    }
+    bytes.extend(client_frame(true, 0x8, &1000u16.to_be_bytes()));
+    client.send(&bytes);
+    std::thread::sleep(Duration::from_millis(10));
+    client.send(&client_frame(true, 0x9, b"late"));
+    std::thread::sleep(Duration::from_millis(300));
+
+    for index in 0..30 {
+        let frame = client.read_frame().expect("an echo before TCP close");
+        assert_eq!(frame.opcode, 0x2, "echo {index}");
+        assert_eq!(frame.payload.len(), payload.len(), "echo {index}");
+    }
+    let close = client
+        .read_frame()
+        .expect("the close reply before TCP close");
+    assert_eq!(close.opcode, 0x8);
+    assert_eq!(close.close_code(), Some(1000));
+    let mut rest = Vec::new();
+    let end = client.stream.read_to_end(&mut rest);
+    assert!(end.is_ok(), "the server reset the connection: {end:?}");
+    assert!(rest.is_empty(), "bytes after the close reply");
+}
+
 /// Opens an upgraded connection for `sub` with a `recv_buffer`-byte receive buffer. It is set
 /// before connecting, so the server gets a small TCP window.
 fn open_small_window(addr: std::net::SocketAddr, sub: &str, recv_buffer: usize) -> RawClient {

@@ -607,18 +607,24 @@ async fn read_loop(worker: &Rc<Worker>, handle: &Rc<ConnHandle>, mut buf: BytesM
 }
 
 /// Ends a connection whose peer started the close handshake, once the reply has left. After
-/// both close frames the server must close TCP at once (RFC 6455 §5.5.1), so no read waits
-/// for the peer's FIN: the socket closes when the writer has flushed the reply and shut down
-/// the write side. A peer that does not read gets `close_timeout`, then the socket is shut
-/// down.
+/// both close frames the server must close TCP at once (RFC 6455 §5.5.1). When every byte has
+/// been transmitted, the socket closes without waiting for the peer's FIN. A peer that does
+/// not read gets `close_timeout`, then the socket is shut down.
 async fn send_close_reply(handle: &ConnHandle, config: &crate::config::Config, mut buf: BytesMut) {
     let flushed = tokio::time::timeout(config.close_timeout, handle.writer_finished()).await;
     if flushed.is_err() {
         let _ = handle.stream.shutdown(std::net::Shutdown::Both);
         return;
     }
-    // Closing a socket with unread bytes sends a reset, which a peer's stack may report
-    // instead of the clean end. Frames the peer sent after its close are discarded first.
+    // Linux sends a reset when bytes arrive after the close, and the reset discards what has
+    // not been transmitted yet. A peer that is behind in reading (replies still wait for its
+    // receive window) keeps the connection until its FIN, so it gets every reply.
+    if super::uring::unsent_bytes(&handle.stream).map_or(true, |unsent| unsent > 0) {
+        linger(handle, config, buf).await;
+        return;
+    }
+    // Closing a socket with unread bytes also sends a reset, after the bytes already sent.
+    // Frames the peer sent after its close are discarded first.
     for _ in 0..CLOSE_DRAIN_READS {
         buf.clear();
         if super::uring::recv_waiting(&handle.stream, &mut buf) == 0 {

@@ -50,6 +50,25 @@ pub fn recv_waiting(stream: &tokio_uring::net::TcpStream, buf: &mut bytes::Bytes
     received
 }
 
+/// Returns the number of bytes in the socket's send queue that have not been transmitted yet
+/// (`SIOCOUTQNSD`): bytes that wait for the peer's receive window or for congestion control.
+pub fn unsent_bytes(stream: &tokio_uring::net::TcpStream) -> io::Result<usize> {
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: the descriptor belongs to `stream`, borrowed for this call, so it is open, and
+    // SIOCOUTQNSD writes one c_int to the pointer, which points to `unsent`.
+    let result = unsafe {
+        libc::ioctl(
+            stream.as_raw_fd(),
+            libc::SIOCOUTQNSD,
+            std::ptr::from_mut(&mut unsent),
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(usize::try_from(unsent).unwrap_or(0))
+}
+
 /// Sends `slices`, in order, with one `sendmsg` that does not wait (`MSG_DONTWAIT`), and
 /// returns how many bytes the socket took, which may be fewer than offered. `WouldBlock`
 /// means the send buffer is full. With `more` (`MSG_MORE`) the kernel may hold a tail shorter
