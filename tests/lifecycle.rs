@@ -347,7 +347,7 @@ fn client_close_ends_connection_without_client_fin() {
 }
 
 #[test]
-fn client_close_behind_in_reading_gets_every_reply() {
+fn slow_reader_close_gets_every_reply() {
     // A client that reads slowly sends 30 messages and its close in one write, then a ping
     // (RFC 6455 allows control frames after a close). The echoes still wait for its receive
     // window, so the server must not close the socket: the ping would then draw a reset that

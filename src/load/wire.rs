@@ -22,10 +22,10 @@ pub const MAX_RESPONSE_HEAD_BYTES: usize = 16_384;
 /// Fixed value of the `conversation_id` field in generated chat messages.
 const CONVERSATION_ID: &str = "c";
 
-/// Ends the string before it and opens the `content` member's string value.
+/// Separator that ends the preceding string and opens the `content` member's string value.
 const CONTENT_KEY: &[u8] = b"\",\"content\":\"";
 
-/// Ends the string before it and starts the `to` member.
+/// Separator that ends the preceding string and starts the `to` member.
 const TO_KEY: &[u8] = b"\",\"to\":";
 
 /// Identifies one generated message: the global connection index and the sequence number
@@ -224,13 +224,7 @@ pub fn encode_frame_with(
         out.resize(payload_at + len, 0);
         out.copy_within(start + SHORT_HEADER..start + SHORT_HEADER + len, payload_at);
     }
-    // A copy of constant length needs no call to memcpy for these few bytes.
-    let head = &mut out[start..payload_at];
-    match header_len {
-        6 => head.copy_from_slice(&header[..6]),
-        8 => head.copy_from_slice(&header[..8]),
-        _ => head.copy_from_slice(&header),
-    }
+    out[start..payload_at].copy_from_slice(&header[..header_len]);
     apply_mask(&mut out[payload_at..], key, 0);
     len
 }

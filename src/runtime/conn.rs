@@ -49,8 +49,8 @@ const SPARSE_BURST_READS: u8 = 4;
 /// recv that follows a read that filled the buffer (see [`reserve_waiting`]).
 const MAX_READS_BUFFERED: usize = 4;
 
-/// Non-blocking reads that discard what a peer sent after its close frame before the socket
-/// closes. It bounds the work that a peer still sending can cause.
+/// Maximum number of non-blocking reads that discard what a peer sent after its close frame
+/// before the socket closes. The cap bounds the work that a peer still sending can cause.
 const CLOSE_DRAIN_READS: usize = 4;
 
 /// Chooses between a small and a full-size read buffer.
@@ -799,10 +799,7 @@ mod tests {
 
     #[test]
     fn read_sizing_short_reads_make_connection_quiet_again() {
-        let mut sizing = ReadSizing {
-            short_reads: 0,
-            sparse_reads: 0,
-        };
+        let mut sizing = busy_sizing();
         for read in 1..QUIET_AFTER_READS {
             sizing.record(6, 16 * 1024, Duration::ZERO);
             assert!(!sizing.quiet(), "after {read} short reads");
@@ -821,12 +818,17 @@ mod tests {
         assert_eq!(&buf[..], &[0x81, 0x7E, 0x10, 0x00]);
     }
 
-    #[test]
-    fn read_sizing_busy_keeps_half_free() {
-        let busy = ReadSizing {
+    /// Sizing with no short or sparse reads counted, the state of a busy connection.
+    fn busy_sizing() -> ReadSizing {
+        ReadSizing {
             short_reads: 0,
             sparse_reads: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn read_sizing_busy_keeps_half_free() {
+        let busy = busy_sizing();
         // 15,680 of 16,384 bytes consumed: a read into the 704 left would split a peer's
         // 1,120-byte batch.
         let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -846,10 +848,7 @@ mod tests {
 
     #[test]
     fn read_sizing_rewinds_empty_buffer() {
-        let busy = ReadSizing {
-            short_reads: 0,
-            sparse_reads: 0,
-        };
+        let busy = busy_sizing();
         let mut buf = BytesMut::with_capacity(16 * 1024);
         let start = buf.as_ptr();
         buf.resize(1120, 0);
@@ -861,20 +860,14 @@ mod tests {
 
     #[test]
     fn read_sizing_zero_byte_read_counts_as_short() {
-        let mut sizing = ReadSizing {
-            short_reads: 0,
-            sparse_reads: 0,
-        };
+        let mut sizing = busy_sizing();
         sizing.record(0, QUIET_READ_BYTES, Duration::ZERO);
         assert_eq!(sizing.short_reads, 1);
     }
 
     #[test]
     fn read_sizing_wait_then_long_read_stays_quiet() {
-        let mut sizing = ReadSizing {
-            short_reads: 0,
-            sparse_reads: 0,
-        };
+        let mut sizing = busy_sizing();
         // A 10 KB message after four seconds of silence: a full read that waited.
         sizing.record(10_000, 16 * 1024, Duration::from_secs(4));
         assert!(sizing.quiet());
@@ -906,10 +899,7 @@ mod tests {
             max_message_bytes: 10_240,
             allow_binary: false,
         });
-        let busy = ReadSizing {
-            short_reads: 0,
-            sparse_reads: 0,
-        };
+        let busy = busy_sizing();
         let mut buf = BytesMut::new();
         let mut messages = 0;
         let mut largest = 0;
@@ -954,10 +944,7 @@ mod tests {
 
     #[test]
     fn read_sizing_busy_reads_end_sparse_burst() {
-        let mut sizing = ReadSizing {
-            short_reads: 0,
-            sparse_reads: 0,
-        };
+        let mut sizing = busy_sizing();
         sizing.record(1_000, 16 * 1024, SPARSE_WAIT);
         for _ in 0..SPARSE_BURST_READS {
             assert!(sizing.quiet());
