@@ -94,6 +94,16 @@ const CLOSE_CODES: [u16; 12] = [
     1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1011, 4000, 4001,
 ];
 
+/// Index of `value` in the series table `known`, or `known.len()` (the `other` slot) when it
+/// has no series of its own.
+#[inline]
+fn slot_of<T: PartialEq>(known: &[T], value: T) -> usize {
+    known
+        .iter()
+        .position(|entry| *entry == value)
+        .unwrap_or(known.len())
+}
+
 /// Label value of the catch-all series in each labelled family.
 const OTHER: &str = "other";
 
@@ -394,10 +404,7 @@ impl WorkerMetrics {
     /// without their own series count as `other`.
     #[inline]
     pub fn upgrade(&self, status: u16) {
-        let slot = UPGRADE_STATUSES
-            .iter()
-            .position(|&known| known == status)
-            .unwrap_or(UPGRADE_STATUSES.len());
+        let slot = slot_of(&UPGRADE_STATUSES, status);
         if let Some(counter) = self.upgrades.get(slot) {
             counter.inc();
         }
@@ -408,10 +415,7 @@ impl WorkerMetrics {
     /// `other`.
     #[inline]
     pub fn message(&self, verdict: &str) {
-        let slot = VERDICTS
-            .iter()
-            .position(|&known| known == verdict)
-            .unwrap_or(VERDICTS.len());
+        let slot = slot_of(&VERDICTS, verdict);
         if let Some(counter) = self.messages.get(slot) {
             counter.inc();
         }
@@ -422,10 +426,7 @@ impl WorkerMetrics {
     /// frame. Codes without their own series count as `other`.
     #[inline]
     pub fn close(&self, code: u16) {
-        let slot = CLOSE_CODES
-            .iter()
-            .position(|&known| known == code)
-            .unwrap_or(CLOSE_CODES.len());
+        let slot = slot_of(&CLOSE_CODES, code);
         if let Some(counter) = self.closes.get(slot) {
             counter.inc();
         }
@@ -510,29 +511,20 @@ impl Snapshot {
     /// Returns the upgrade responses with `status`; a status without its own series returns
     /// the `other` total.
     pub fn upgrades(&self, status: u16) -> u64 {
-        let slot = UPGRADE_STATUSES
-            .iter()
-            .position(|&known| known == status)
-            .unwrap_or(UPGRADE_STATUSES.len());
+        let slot = slot_of(&UPGRADE_STATUSES, status);
         self.upgrades.get(slot).copied().unwrap_or(0)
     }
 
     /// Returns the messages with `verdict`; an unknown verdict returns the `other` total.
     pub fn messages(&self, verdict: &str) -> u64 {
-        let slot = VERDICTS
-            .iter()
-            .position(|&known| known == verdict)
-            .unwrap_or(VERDICTS.len());
+        let slot = slot_of(&VERDICTS, verdict);
         self.messages.get(slot).copied().unwrap_or(0)
     }
 
     /// Returns the connection ends with close `code`; a code without its own series returns
     /// the `other` total.
     pub fn closes(&self, code: u16) -> u64 {
-        let slot = CLOSE_CODES
-            .iter()
-            .position(|&known| known == code)
-            .unwrap_or(CLOSE_CODES.len());
+        let slot = slot_of(&CLOSE_CODES, code);
         self.closes.get(slot).copied().unwrap_or(0)
     }
 

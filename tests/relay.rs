@@ -7,37 +7,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use util::*;
-
-type Client =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect_user(addr: std::net::SocketAddr, user: &str) -> Client {
-    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", token(user)).parse().unwrap(),
-    );
-    let (client, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade");
-    assert_eq!(response.status(), 101);
-    client
-}
-
-async fn next_json(client: &mut Client) -> serde_json::Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
-            .await
-            .expect("message within 10 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).expect("JSON");
-        }
-    }
-}
 
 #[tokio::test]
 async fn relay_between_users_on_different_workers() {

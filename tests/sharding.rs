@@ -51,21 +51,14 @@ fn handoff_while_client_sends_loses_nothing() {
     ));
     let user = user_owned_by(1, workers);
     for connection in 0..10 {
-        let mut stream = connect(server.local_addr());
         // Upgrade and 20 messages in one write: the frames are already buffered on the
         // accepting worker when the socket moves to the owner.
-        let mut bytes = upgrade_request(&token(&user)).into_bytes();
+        let mut frames = Vec::new();
         for seq in 0..20 {
             let text = format!(r#"{{"conversation_id":"c","content":"{connection}-{seq}"}}"#);
-            bytes.extend(client_frame(true, 0x1, text.as_bytes()));
+            frames.extend(client_frame(true, 0x1, text.as_bytes()));
         }
-        stream.write_all(&bytes).unwrap();
-        let (head, rest) = read_head(&mut stream);
-        assert_eq!(status_of(&head), 101);
-        let mut client = RawClient {
-            stream,
-            pending: rest,
-        };
+        let mut client = open_pipelined(server.local_addr(), &token(&user), &frames);
         for seq in 0..20 {
             let frame = client.read_frame().expect("echo");
             assert_eq!(frame.json()["content"], format!("{connection}-{seq}"));

@@ -263,19 +263,12 @@ fn upgrade_dripped_one_byte_at_a_time_succeeds() {
 #[test]
 fn frames_pipelined_with_upgrade_are_not_lost() {
     let addr = start(config(2, "backend = \"echo\"\n"));
-    let mut stream = connect(addr);
-    let mut bytes = upgrade_request(&token("pipelined")).into_bytes();
+    let mut frames = Vec::new();
     for i in 0..5 {
         let text = format!(r#"{{"conversation_id":"c","content":"m{i}"}}"#);
-        bytes.extend(client_frame(true, 1, text.as_bytes()));
+        frames.extend(client_frame(true, 1, text.as_bytes()));
     }
-    stream.write_all(&bytes).unwrap();
-    let (head, rest) = read_head(&mut stream);
-    assert_eq!(status_of(&head), 101);
-    let mut client = RawClient {
-        stream,
-        pending: rest,
-    };
+    let mut client = open_pipelined(addr, &token("pipelined"), &frames);
     for i in 0..5 {
         let frame = client.read_frame().expect("echo");
         assert_eq!(frame.json()["content"], format!("m{i}"));

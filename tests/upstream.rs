@@ -16,11 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use util::*;
-
-type Client =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How the test application responds to a batch.
 #[derive(Clone, Copy)]
@@ -167,32 +163,6 @@ fn http_config(workers: usize, urls: &[String], extra: &str) -> framegate::confi
             urls.join(", ")
         ),
     )
-}
-
-async fn connect_user(addr: SocketAddr, user: &str) -> Client {
-    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Bearer {}", token(user)).parse().unwrap(),
-    );
-    let (client, response) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("upgrade");
-    assert_eq!(response.status(), 101);
-    client
-}
-
-async fn next_json(client: &mut Client) -> serde_json::Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), client.next())
-            .await
-            .expect("message within 10 s")
-            .expect("stream open")
-            .expect("valid frame");
-        if let Message::Text(text) = message {
-            return serde_json::from_str(&text).expect("JSON");
-        }
-    }
 }
 
 fn chat_message(id: usize, to: Option<&str>) -> Message {

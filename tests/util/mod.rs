@@ -128,16 +128,7 @@ pub fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
 
 /// Opens an upgraded connection for `sub` over raw TCP.
 pub fn open(addr: SocketAddr, sub: &str) -> RawClient {
-    let mut stream = connect(addr);
-    stream
-        .write_all(upgrade_request(&token(sub)).as_bytes())
-        .expect("write upgrade");
-    let (head, rest) = read_head(&mut stream);
-    assert_eq!(status_of(&head), 101, "upgrade failed: {head}");
-    RawClient {
-        stream,
-        pending: rest,
-    }
+    open_with_token(addr, &token(sub))
 }
 
 /// Builds a masked client frame.
@@ -333,10 +324,16 @@ pub fn status_and_body(response: &str) -> (u16, String) {
 
 /// Opens an upgraded connection with an explicit token.
 pub fn open_with_token(addr: SocketAddr, token: &str) -> RawClient {
+    open_pipelined(addr, token, &[])
+}
+
+/// Opens an upgraded connection with `token`, sending `frames` in the same write as the
+/// upgrade request, so they reach the server before its `101` does.
+pub fn open_pipelined(addr: SocketAddr, token: &str, frames: &[u8]) -> RawClient {
     let mut stream = connect(addr);
-    stream
-        .write_all(upgrade_request(token).as_bytes())
-        .expect("write upgrade");
+    let mut bytes = upgrade_request(token).into_bytes();
+    bytes.extend_from_slice(frames);
+    stream.write_all(&bytes).expect("write upgrade");
     let (head, rest) = read_head(&mut stream);
     assert_eq!(status_of(&head), 101, "upgrade failed: {head}");
     RawClient {
@@ -368,5 +365,40 @@ pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A tokio-tungstenite client, the independent client of the relay and upstream tests.
+pub type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `addr` with tokio-tungstenite as `user`, the token in the `Authorization`
+/// header, and checks for `101 Switching Protocols`.
+pub async fn connect_user(addr: SocketAddr, user: &str) -> Client {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}/ws").into_client_request().unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", token(user)).parse().unwrap(),
+    );
+    let (client, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("upgrade");
+    assert_eq!(response.status(), 101);
+    client
+}
+
+/// Returns the next text message as JSON and skips other frames. Fails after 10 s.
+pub async fn next_json(client: &mut Client) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(IO_TIMEOUT, client.next())
+            .await
+            .expect("message within 10 s")
+            .expect("stream open")
+            .expect("valid frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            return serde_json::from_str(&text).expect("JSON");
+        }
     }
 }
