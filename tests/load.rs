@@ -543,3 +543,57 @@ fn load_open_loop_sends_stalled_messages() {
         "{summary:#}"
     );
 }
+
+#[test]
+fn load_relay_delivers_to_peer() {
+    let addr = start(config(2, "backend = \"relay\"\nrate_per_sec = 0"));
+    let summary_file = SummaryFile::new("relay");
+    let url = format!("ws://{addr}/ws");
+    let summary = run_load(
+        &strings(&[
+            &url,
+            "--scenario",
+            "relay",
+            "--connections",
+            "8",
+            "--window",
+            "4",
+            "--duration",
+            "1",
+            "--fail-on-error",
+        ]),
+        &summary_file,
+    );
+
+    let sent = count(&summary["sent"]["messages"]);
+    assert!(sent > 0, "no message sent: {summary:#}");
+    assert_eq!(count(&summary["received"]["messages"]), sent, "{summary:#}");
+    assert_eq!(count(&summary["latency_us"]["count"]), sent, "{summary:#}");
+    assert_eq!(count(&summary["error_total"]), 0, "{summary:#}");
+}
+
+#[test]
+fn load_relay_rejects_echoed_copies() {
+    // An echo server returns each message to its sender, which is not a delivery.
+    let addr = start(config(1, "backend = \"echo\"\nrate_per_sec = 0"));
+    let summary_file = SummaryFile::new("relay-echo");
+    let url = format!("ws://{addr}/ws");
+    let summary = run_load(
+        &strings(&[
+            &url,
+            "--scenario",
+            "relay",
+            "--connections",
+            "4",
+            "--duration",
+            "1",
+        ]),
+        &summary_file,
+    );
+
+    assert!(count(&summary["sent"]["messages"]) > 0, "{summary:#}");
+    assert!(count(&summary["errors"]["mismatch"]) > 0, "{summary:#}");
+    assert_eq!(count(&summary["latency_us"]["count"]), 0, "{summary:#}");
+    let first = summary["first_error"].as_str().unwrap_or_default();
+    assert!(first.contains("came back to its sender"), "{summary:#}");
+}

@@ -465,6 +465,10 @@ fn build_user(config: &RunConfig, index: u32) -> User {
         Scenario::Relay => (Role::Idle, index, 0),
     };
     let id = config.tokens.user_id(index, &config.user_prefix);
+    // Minted here, before the clock starts, because signing with an RSA key takes
+    // milliseconds that would otherwise count as connect latency. A failure leaves it to
+    // `user_token`, which retries at the first connect and counts the error.
+    let token = config.tokens.token(index, &id, unix_now()).ok();
     let peer_id = config.tokens.user_id(peer, &config.user_prefix);
     let to_json = serde_json::to_string(&peer_id).unwrap_or_else(|_| "\"\"".to_owned());
     let injector = config.injection.as_ref().map(|injection| {
@@ -480,7 +484,7 @@ fn build_user(config: &RunConfig, index: u32) -> User {
         id,
         to_json,
         role,
-        token: RefCell::new(None),
+        token: RefCell::new(token),
         book: RefCell::new(Book::default()),
         next_seq: Cell::new(0),
         answered: LocalNotify::default(),
@@ -1631,15 +1635,32 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
         );
         return;
     };
-    // An echo comes back to its sender, so only relayed messages need the lookup.
-    let sender = if id.conn == user.index {
-        user
-    } else {
-        let Some(sender) = worker.users.get(&id.conn) else {
-            count_mismatch(worker, &"a message whose id names an unknown user");
+    // An echo must come back to its sender, and a relayed copy must reach the sender's peer
+    // and only that peer. A server that echoes where it should relay fails here.
+    let sender = match (worker.config.scenario, user.role) {
+        (Scenario::Relay, Role::Receiver { sender }) if id.conn == sender => {
+            let Some(sender) = worker.users.get(&sender) else {
+                count_mismatch(worker, &"a delivery from a user this worker does not run");
+                return;
+            };
+            sender.as_ref()
+        }
+        (Scenario::Relay, _) if id.conn == user.index => {
+            count_mismatch(
+                worker,
+                &"a message came back to its sender instead of reaching its recipient; the server echoes instead of relaying",
+            );
             return;
-        };
-        sender.as_ref()
+        }
+        (Scenario::Relay, _) => {
+            count_mismatch(worker, &"a message reached a user other than its recipient");
+            return;
+        }
+        _ if id.conn == user.index => user,
+        _ => {
+            count_mismatch(worker, &"an echo that carries another user's id");
+            return;
+        }
     };
     let pending = sender.book.borrow_mut().remove(id.seq);
     match pending {
@@ -1657,10 +1678,17 @@ fn on_message(worker: &Worker, user: &User, now: Instant, payload: &[u8]) {
             ..
         }) => {}
         Some(Pending {
-            expect: Expect::Error(_),
+            expect: Expect::Error(code),
             ..
-        })
-        | None => {
+        }) => {
+            count_mismatch(
+                worker,
+                &format_args!(
+                    "an injected fault got a normal reply instead of the error {code:?}; check that the --server-* options match the server's limits"
+                ),
+            );
+        }
+        None => {
             count_mismatch(worker, &"a reply to a message that is not outstanding");
         }
     }
@@ -1727,6 +1755,31 @@ async fn connect_loop(worker: Rc<Worker>, user: Rc<User>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_get_tokens_before_clock() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            load: super::super::LoadArgs,
+        }
+        let path = std::env::temp_dir().join(format!("framegate-build-{}", std::process::id()));
+        std::fs::write(&path, "token-a\ntoken-b\n").unwrap();
+        let argv = ["load", "ws://127.0.0.1:9/ws", "--token-file"];
+        let args = <Cli as clap::Parser>::try_parse_from(
+            argv.iter().copied().chain([path.to_str().unwrap()]),
+        )
+        .unwrap()
+        .load;
+        let setup = super::super::prepare(&args);
+        let _ = std::fs::remove_file(&path);
+        let config = setup.unwrap().config;
+
+        let first = build_user(&config, 0);
+        assert_eq!(*first.token.borrow(), Some(Some("token-a".to_owned())));
+        let second = build_user(&config, 1);
+        assert_eq!(*second.token.borrow(), Some(Some("token-b".to_owned())));
+    }
 
     #[test]
     fn text_not_utf8_fails_with_1007() {
