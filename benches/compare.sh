@@ -24,7 +24,21 @@
 #   CARGO_TARGET_DIR    honoured for both builds (the peers build goes to its peers/ folder)
 #   FRAMEGATE_BIN       framegate binary to run (default: the release build)
 #   PEERS_BIN_DIR       folder with fastwebsockets-echo and tungstenite-echo
+#
+# Usage: [VAR=value ...] bash benches/compare.sh   (--help prints this text)
 set -euo pipefail
+case "${1:-}" in
+    -h | --help)
+        # The comment block above is the help text.
+        sed -n '2,/^set -euo pipefail$/p' "$0" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    "") ;;
+    *)
+        echo "error: unknown argument '$1': the script takes no arguments; set the environment variables that --help lists" >&2
+        exit 2
+        ;;
+esac
 cd "$(dirname "$0")/.."
 root=$PWD
 

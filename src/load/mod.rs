@@ -134,7 +134,9 @@ pub struct LoadArgs {
     #[arg(long, value_name = "VAR", default_value = "FRAMEGATE_JWT_SECRET")]
     pub jwt_secret_env: String,
 
-    /// PEM private key used to mint tokens instead of a secret (with --jwt-alg).
+    /// PEM private key used to mint tokens instead of a secret (with --jwt-alg): PKCS#8, as
+    /// `openssl genpkey` writes it, or PKCS#1 RSA. Convert a SEC 1 `EC PRIVATE KEY` (from
+    /// `openssl ecparam -genkey`) with `openssl pkcs8 -topk8 -nocrypt`.
     #[arg(long, value_name = "FILE", conflicts_with = "token_file")]
     pub jwt_private_key: Option<PathBuf>,
 
@@ -574,7 +576,7 @@ fn report_progress(config: &RunConfig, progress: &[Arc<Progress>]) {
         let received = sum(|worker| &worker.received);
         let handshakes = sum(|worker| &worker.handshakes);
         eprintln!(
-            "[{:>4.0}s] open {:>6}  sent {:>8}/s  received {:>8}/s  handshakes {:>6}/s  errors {}",
+            "[{:>4.0}s] open {:>6}  sent {:>8}/s  received {:>8}/s  handshakes {:>6}/s  errors so far {}",
             tick.saturating_duration_since(config.epoch()).as_secs_f64(),
             sum(|worker| &worker.open),
             sent.saturating_sub(last.0),
@@ -651,6 +653,13 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
             args.connections,
             "the relay scenario needs at least 2 connections (one pair)",
         ));
+    }
+    if args.scenario == Scenario::Relay && !args.connections.is_multiple_of(2) {
+        tracing::warn!(
+            connections = args.connections,
+            "the relay scenario pairs connections, so the last one has no peer and only holds \
+             its connection open; give an even --connections to use every connection"
+        );
     }
     if args.size == 0 || args.size > MAX_MESSAGE_BYTES {
         return Err(option_error("size", args.size, "expected 1 byte to 64 MiB"));
@@ -877,9 +886,12 @@ fn injection_plan(args: &LoadArgs, load: LoadModel) -> Result<Option<InjectionPl
     // rate per connection has no bound and valid messages would be rate limited too.
     if let (LoadModel::Closed { window }, true) = (load, args.server_rate_per_sec > 0) {
         return Err(option_error(
-            "window",
-            window,
-            "with --invalid-ratio against a rate-limited server, use an open loop (--rate, at most half of --server-rate-per-sec per connection), or pass --server-rate-per-sec 0 if the server has no rate limit",
+            "invalid-ratio",
+            args.invalid_ratio,
+            &format!(
+                "a closed loop (--window {window}, no --rate) sends as fast as replies come back, so against a server limited to --server-rate-per-sec {} valid messages would be rate limited too; use an open loop (--rate, at most half of --server-rate-per-sec per connection), or pass --server-rate-per-sec 0 if the server has no rate limit",
+                args.server_rate_per_sec
+            ),
         ));
     }
     Ok(Some(InjectionPlan {

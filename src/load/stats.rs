@@ -379,14 +379,27 @@ impl Summary {
     pub fn render(&self) -> String {
         let mut out = String::new();
         let run = &self.run;
+        // The connect scenario sends no messages, so their size means nothing there.
+        let size = if run.scenario == "connect" {
+            String::new()
+        } else {
+            format!("{} B messages, ", run.message_bytes)
+        };
+        let steady = &self.steady;
+        let steady_secs = steady.to_unix_ms.saturating_sub(steady.from_unix_ms) as f64 / 1000.0;
+        let ramp_secs = self.elapsed_secs - steady_secs;
+        let ramp = if ramp_secs >= 0.05 {
+            format!(" ({ramp_secs:.1} s of ramp included)")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{} against {}: {} connections, {} workers, {} B messages, {} loop, {:.1} s",
+            "{} against {}: {} connections, {} workers, {size}{} loop, {:.1} s{ramp}",
             run.scenario,
             run.target,
             run.connections,
             run.workers,
-            run.message_bytes,
             run.load_model,
             self.elapsed_secs
         );
@@ -414,8 +427,6 @@ impl Summary {
         }
         // The rates above divide by the ramp and the duration together. After a ramp, the
         // rates of the steady window are the ones to compare.
-        let steady = &self.steady;
-        let steady_secs = steady.to_unix_ms.saturating_sub(steady.from_unix_ms) as f64 / 1000.0;
         if steady_secs + 0.001 < self.elapsed_secs {
             let _ = writeln!(
                 out,
@@ -565,6 +576,31 @@ mod tests {
             "{}",
             connect.render()
         );
+    }
+
+    #[test]
+    fn render_header_names_size_and_ramp() {
+        let stats = Stats::new();
+        // The steady window is 2 s of a 9 s run, so 7 s were ramp.
+        let echo = stats.summary(run_info(), Duration::from_secs(9), window());
+        let header = echo.render().lines().next().unwrap_or_default().to_owned();
+        assert!(header.contains("64 B messages"), "{header}");
+        assert!(
+            header.contains("9.0 s (7.0 s of ramp included)"),
+            "{header}"
+        );
+
+        let mut info = run_info();
+        info.scenario = "connect".to_owned();
+        let connect = stats.summary(info, Duration::from_secs(2), window());
+        let header = connect
+            .render()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(!header.contains("messages"), "{header}");
+        assert!(header.ends_with("closed loop, 2.0 s"), "{header}");
     }
 
     #[test]
