@@ -24,14 +24,14 @@ if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(upgrade_request frame_stream utf8_incremental message_check connection jwt_header upstream_response)
+targets=(upgrade_request frame_stream utf8_incremental message_check connection jwt_header upstream_response load_response)
 if [ $# -gt 0 ]; then
     targets=("$@")
 fi
 
 dictionary() {
     case $1 in
-        upgrade_request | jwt_header | upstream_response) echo dict/http.dict ;;
+        upgrade_request | jwt_header | upstream_response | load_response) echo dict/http.dict ;;
         frame_stream | connection) echo dict/frame.dict ;;
         message_check) echo dict/json.dict ;;
         *) echo "" ;;

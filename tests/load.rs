@@ -597,3 +597,119 @@ fn load_relay_rejects_echoed_copies() {
     let first = summary["first_error"].as_str().unwrap_or_default();
     assert!(first.contains("came back to its sender"), "{summary:#}");
 }
+
+#[test]
+fn load_ends_when_server_stops_reading() {
+    // The server upgrades each connection and then never reads, so the client's writes stall
+    // once the socket buffers are full. The run must still end by itself.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("server address");
+    std::thread::spawn(move || {
+        let mut upgraded = Vec::new();
+        for mut stream in listener.incoming().flatten() {
+            if accept_upgrade(&mut stream).is_some() {
+                upgraded.push(stream);
+            }
+        }
+    });
+    let summary_file = SummaryFile::new("no-read");
+    let url = format!("ws://{addr}/ws");
+    let started = Instant::now();
+    let summary = run_load(
+        &strings(&[
+            &url,
+            "--no-auth",
+            "--raw",
+            "--connections",
+            "2",
+            "--size",
+            "1000000",
+            "--window",
+            "16",
+            "--duration",
+            "1",
+            "--drain-timeout",
+            "1",
+            "--close-timeout",
+            "1",
+        ]),
+        &summary_file,
+    );
+
+    // Duration, drain and close, with room for a slow machine.
+    assert!(started.elapsed() < Duration::from_secs(20), "{summary:#}");
+    assert_eq!(count(&summary["received"]["messages"]), 0, "{summary:#}");
+    assert!(count(&summary["error_total"]) > 0, "{summary:#}");
+}
+
+/// Starts a server that upgrades every connection and meets the client's close frame with
+/// `reply`: bytes to write before closing TCP (empty for no close frame at all).
+fn start_close_replying_server(reply: &'static [u8]) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("server address");
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let Some(mut data) = accept_upgrade(&mut stream) else {
+                    return;
+                };
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some((opcode, _, used)) = client_frame_at(&data) {
+                        data.drain(..used);
+                        if opcode == 0x8 {
+                            let _ = stream.write_all(reply);
+                            return;
+                        }
+                    }
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => data.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn load_counts_abnormal_close_replies() {
+    // No close frame before the TCP close is recorded as 1006; a reply with 1011 reports a
+    // server error.
+    for (reply, code) in [(&[][..], "1006"), (&[0x88, 2, 0x03, 0xf3][..], "1011")] {
+        let addr = start_close_replying_server(reply);
+        let summary_file = SummaryFile::new(&format!("close-{code}"));
+        let url = format!("ws://{addr}/ws");
+        let summary = run_load(
+            &strings(&[
+                &url,
+                "--no-auth",
+                "--scenario",
+                "connect",
+                "--connections",
+                "1",
+                "--rate",
+                "20",
+                "--duration",
+                "0.5",
+            ]),
+            &summary_file,
+        );
+
+        let handshakes = count(&summary["handshakes"]);
+        assert!(handshakes > 0, "{summary:#}");
+        assert_eq!(
+            count(&summary["close_codes"][code]),
+            handshakes,
+            "{summary:#}"
+        );
+        assert_eq!(
+            count(&summary["errors"]["unexpected_close"]),
+            handshakes,
+            "{summary:#}"
+        );
+    }
+}

@@ -56,6 +56,10 @@ const PUBLISH_INTERVAL: Duration = Duration::from_millis(250);
 /// Status code of the close frames the generator sends (RFC 6455 §7.4.1: normal closure).
 const NORMAL_CLOSURE: u16 = 1000;
 
+/// Close code recorded, never sent, for a connection that ended without a close frame
+/// (RFC 6455 §7.1.5, §7.4.1).
+const ABNORMAL_CLOSURE: u16 = 1006;
+
 /// Close code for a peer that broke the protocol (RFC 6455 §7.4.1).
 const PROTOCOL_ERROR: u16 = 1002;
 
@@ -583,8 +587,17 @@ async fn connect(
     );
 
     let written = Cell::new(false);
-    let exchange = upgrade(&stream, request, &key, &written);
-    let result = match tokio::time::timeout(config.connect_timeout, exchange).await {
+    // The subprotocols offered, one of which the server may select (RFC 6455 §4.1).
+    let offered: &[&str] = match (&token, config.placement.kind) {
+        (Some(token), super::TokenIn::Protocol) => &[&config.placement.protocol_marker, token],
+        _ => &[],
+    };
+    let exchange = upgrade(&stream, request, &key, offered, &written);
+    // An upgrade still waiting when the run ends counts as timed out, so it cannot hold the
+    // run past its end.
+    let limit = (Instant::now() + config.connect_timeout).min(config.run_end());
+    let limit = tokio::time::Instant::from_std(limit);
+    let result = match tokio::time::timeout_at(limit, exchange).await {
         Ok(result) => result,
         Err(_) => Err(if written.get() {
             UpgradeError::Timeout
@@ -608,7 +621,7 @@ async fn connect(
                     stats.note_error("upgrade", &err);
                 }
                 UpgradeError::Timeout
-                | UpgradeError::Accept
+                | UpgradeError::Handshake(_)
                 | UpgradeError::Head(_)
                 | UpgradeError::Io(_) => {
                     tracing::debug!(user = user.index, error = %err, "upgrade failed");
@@ -664,8 +677,8 @@ fn user_token(worker: &Worker, user: &User) -> Result<Option<String>, ConnectFai
 
 #[derive(Debug, thiserror::Error)]
 enum UpgradeError {
-    #[error("Sec-WebSocket-Accept is missing or does not match the key")]
-    Accept,
+    #[error("invalid 101 response: {0}")]
+    Handshake(wire::HandshakeError),
     #[error("connect failed: {0}")]
     Connect(std::io::Error),
     #[error("invalid response head: {0}")]
@@ -678,7 +691,7 @@ enum UpgradeError {
         /// `: ` and the first line of the response body, if one arrived with the head.
         reason: String,
     },
-    #[error("no complete upgrade response within the connect timeout")]
+    #[error("no complete upgrade response within --connect-timeout, or before the run ended")]
     Timeout,
 }
 
@@ -687,6 +700,7 @@ async fn upgrade(
     stream: &TcpStream,
     request: Vec<u8>,
     key: &str,
+    offered: &[&str],
     written: &Cell<bool>,
 ) -> Result<BytesMut, UpgradeError> {
     let (result, _) = stream.write_all(request).await;
@@ -704,9 +718,7 @@ async fn upgrade(
                         reason: reason_excerpt(body),
                     });
                 }
-                if !wire::accept_matches(key, head.accept.as_deref()) {
-                    return Err(UpgradeError::Accept);
-                }
+                wire::check_switch(&head, key, offered).map_err(UpgradeError::Handshake)?;
                 return Ok(buf.split_off(head.head_len));
             }
             Ok(None) => {}
@@ -935,7 +947,8 @@ async fn flush_control(worker: &Worker, conn: &Conn) {
     write(worker, conn, queued).await;
 }
 
-/// Writes `buf` whole; a failure marks the connection failed. Returns the buffer for reuse.
+/// Writes `buf` whole, giving up at [`RunConfig::run_end`]; a failure marks the connection
+/// failed. Returns the buffer for reuse.
 ///
 /// A batch usually fits the socket's send buffer, so it first goes out with one non-blocking
 /// `sendmsg`, without an io_uring submission, completion and wake-up. Only what the socket
@@ -958,9 +971,24 @@ async fn write(worker: &Worker, conn: &Conn, mut buf: Vec<u8>) -> Vec<u8> {
         Ok(sent) if sent == buf.len() => Ok(()),
         Ok(sent) => {
             buf.drain(..sent);
-            let (result, rest) = conn.stream.write_all(buf).await;
-            buf = rest;
-            result
+            let limit = tokio::time::Instant::from_std(worker.config.run_end());
+            match tokio::time::timeout_at(limit, conn.stream.write_all(buf)).await {
+                Ok((result, rest)) => {
+                    buf = rest;
+                    result
+                }
+                Err(_) => {
+                    // The server stopped reading. Dropping the write leaves its buffer with
+                    // the io_uring driver, and the shutdown below completes it, so nothing
+                    // writes to this connection again.
+                    buf = Vec::new();
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out: the server stopped reading before the end of the run",
+                    ))
+                }
+            }
         }
         Err(err) => Err(err),
     };
@@ -1318,8 +1346,10 @@ async fn send_over_rate(worker: &Worker, user: &User, conn: &Conn) -> bool {
 async fn close(worker: &Worker, conn: &Conn) {
     let config = &worker.config;
     flush_control(worker, conn).await;
+    let mut started = false;
     if !conn.close_sent.get() && !conn.failed.get() && !conn.eof.get() {
         conn.close_sent.set(true);
+        started = true;
         let mut frame = Vec::with_capacity(8);
         wire::encode_close(&mut frame, NORMAL_CLOSURE, worker.mask_key());
         let _ = write(worker, conn, frame).await;
@@ -1329,6 +1359,17 @@ async fn close(worker: &Worker, conn: &Conn) {
     loop {
         flush_control(worker, conn).await;
         if conn.eof.get() || conn.failed.get() || conn.reader_done.get() {
+            // RFC 6455 §7.1.5: a TCP close (or reset) without a close frame after ours is
+            // an abnormal closure, recorded as 1006.
+            if started && conn.server_close.get().is_none() {
+                let mut stats = worker.stats.borrow_mut();
+                stats.count_close(ABNORMAL_CLOSURE);
+                stats.errors.unexpected_close += 1;
+                stats.note_error(
+                    "close",
+                    &"the server ended TCP without answering the close frame (1006)",
+                );
+            }
             break;
         }
         if Instant::now() >= until {
@@ -1523,6 +1564,14 @@ fn on_frame(
         fin,
         payload,
     } = frame;
+    // §5.5.1: nothing follows a close frame. A frame after the server's close is counted and
+    // dropped, and it gets no reply because this side has sent or queued its own close.
+    if conn.server_close.get().is_some() {
+        let mut stats = worker.stats.borrow_mut();
+        stats.errors.protocol += 1;
+        stats.note_error("protocol", &"a frame after the server's close frame");
+        return Ok(());
+    }
     match (opcode, fin, fragments.is_some()) {
         (OpCode::Text | OpCode::Binary, true, false) => {
             check_text(opcode, payload)?;
@@ -1568,7 +1617,20 @@ fn on_close(worker: &Worker, user: &User, conn: &Conn, code: Option<u16>) {
         return;
     }
     conn.server_close.set(Some(code));
-    if !conn.close_sent.get() {
+    if conn.close_sent.get() {
+        // A reply that echoes our code, or has none, ends the close normally. Another code
+        // means the server closed for its own reason, possibly crossing our close frame:
+        // it is counted, and as an error from 1002 up, where codes report failures.
+        if let Some(code) = code.filter(|&code| code != NORMAL_CLOSURE) {
+            let mut stats = worker.stats.borrow_mut();
+            stats.count_close(code);
+            if code >= PROTOCOL_ERROR && user.expect_close.get() != Some(code) {
+                tracing::debug!(user = user.index, code, "server closed with an error code");
+                stats.errors.unexpected_close += 1;
+                stats.note_error("close", &format_args!("the server closed with {code}"));
+            }
+        }
+    } else {
         // The server started the close: count its code, and check it was expected.
         let shown = code.unwrap_or(1005);
         let mut stats = worker.stats.borrow_mut();

@@ -376,6 +376,13 @@ impl RunConfig {
         self.clock().deadline
     }
 
+    /// Returns the latest time any connection may still be working: the deadline, then the
+    /// drain of outstanding replies, then a close handshake. Writes and upgrades still
+    /// waiting then are abandoned, so a server that stops reading cannot hold the run.
+    pub fn run_end(&self) -> Instant {
+        self.deadline() + self.drain_timeout + self.close_timeout
+    }
+
     /// Returns true when `now` falls between the end of the ramp and the deadline.
     pub fn in_steady_window(&self, now: Instant) -> bool {
         let clock = self.clock();
@@ -624,6 +631,12 @@ fn option_error(option: &'static str, value: impl ToString, reason: &str) -> Loa
     }
 }
 
+/// Shortest `--duration` accepted.
+const MIN_DURATION: Duration = Duration::from_millis(100);
+
+/// Maximum ramp length accepted, in seconds: one day.
+const MAX_RAMP_SECS: f64 = 86_400.0;
+
 fn seconds(option: &'static str, value: f64) -> Result<Duration, LoadError> {
     if !value.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&value) {
         return Err(option_error(
@@ -645,6 +658,25 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
             "connections",
             0,
             "at least 1 connection is needed",
+        ));
+    }
+    // Both go into the request head unescaped, so they are limited to characters that need
+    // no escaping there.
+    let unreserved = |byte: u8| byte.is_ascii_alphanumeric() || b"-._~".contains(&byte);
+    if args.query_param.is_empty() || !args.query_param.bytes().all(unreserved) {
+        return Err(option_error(
+            "query-param",
+            format_args!("{:?}", args.query_param),
+            "expected a name of letters, digits and - . _ ~",
+        ));
+    }
+    // RFC 6455 §4.1: a subprotocol is an HTTP token (RFC 9110 §5.6.2).
+    let tchar = |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
+    if args.protocol_marker.is_empty() || !args.protocol_marker.bytes().all(tchar) {
+        return Err(option_error(
+            "protocol-marker",
+            format_args!("{:?}", args.protocol_marker),
+            "expected a subprotocol name of letters, digits and !#$%&'*+-.^_`|~ (an HTTP token)",
         ));
     }
     if args.scenario == Scenario::Relay && args.connections < 2 {
@@ -686,11 +718,12 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
         ));
     }
     let duration = seconds("duration", args.duration)?;
-    if duration.is_zero() {
+    // Below this, the run can end before every connection has even been attempted.
+    if duration < MIN_DURATION {
         return Err(option_error(
             "duration",
             args.duration,
-            "expected more than 0 seconds of load after the ramp",
+            "expected at least 0.1 seconds of load after the ramp",
         ));
     }
     let connect_timeout = seconds("connect-timeout", args.connect_timeout)?;
@@ -769,7 +802,19 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
     let senders = u32::try_from(senders).unwrap_or(u32::MAX);
 
     let ramp_time = if args.ramp > 0.0 {
-        Duration::from_secs_f64(f64::from(args.connections) / args.ramp)
+        let secs = f64::from(args.connections) / args.ramp;
+        if secs > MAX_RAMP_SECS {
+            return Err(option_error(
+                "ramp",
+                args.ramp,
+                &format!(
+                    "{} connections at this rate take {secs:.0} s to open; expected a ramp of at most one day, so at least {:.3} connections per second",
+                    args.connections,
+                    f64::from(args.connections) / MAX_RAMP_SECS
+                ),
+            ));
+        }
+        Duration::from_secs_f64(secs)
     } else {
         Duration::ZERO
     };
@@ -1072,8 +1117,15 @@ mod tests {
 
     #[test]
     fn prepare_rejects_bad_values() {
-        let cases: [&[&str]; 9] = [
+        let cases: [&[&str]; 16] = [
             &["--connections", "0"],
+            &["--query-param", "a b"],
+            &["--query-param", ""],
+            &["--protocol-marker", "x\r\nEvil: 1"],
+            &["--duration", "0.000001"],
+            &["--ramp", "1e-300"],
+            &["--ramp", "1e-17"],
+            &["--ramp", "1e-6", "--connections", "2"],
             &["--scenario", "relay", "--connections", "1"],
             &["--size", "0"],
             &["--rate", "0"],

@@ -33,6 +33,11 @@ pub enum UrlError {
     HostMissing,
     #[error("URL host {host:?} has an unclosed `[`")]
     HostUnclosed { host: String },
+    #[error(
+        "URL authority {host:?} has more than one `:`{}",
+        if *ipv6 { "; put an IPv6 address in brackets, as in ws://[::1]:8080/ws" } else { "; give one port" }
+    )]
+    HostColons { host: String, ipv6: bool },
     #[error("URL port {port:?} is not a number from 1 to 65535")]
     PortInvalid { port: String },
     #[error(
@@ -128,15 +133,39 @@ fn split_host_port(authority: &str) -> Result<(&str, Option<&str>), UrlError> {
             }),
         };
     }
-    Ok(match authority.rsplit_once(':') {
-        Some((host, port)) => (host, Some(port)),
-        None => (authority, None),
-    })
+    match authority.split_once(':') {
+        // An IPv6 address has colons and must be in brackets (RFC 3986 §3.2.2).
+        Some((_, port)) if port.contains(':') => {
+            let is_ipv6 = |text: &str| text.parse::<std::net::Ipv6Addr>().is_ok();
+            Err(UrlError::HostColons {
+                host: authority.to_owned(),
+                ipv6: is_ipv6(authority)
+                    || authority
+                        .rsplit_once(':')
+                        .is_some_and(|(host, _)| is_ipv6(host)),
+            })
+        }
+        Some((host, port)) => Ok((host, Some(port))),
+        None => Ok((authority, None)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unbracketed_colons_fail() {
+        for (url, hint) in [
+            ("ws://::1:8080/ws", "brackets"),
+            ("ws://fe80::1/ws", "brackets"),
+            ("ws://127.0.0.1:80:81/ws", "one port"),
+        ] {
+            let err = WsUrl::parse(url).unwrap_err();
+            assert!(matches!(err, UrlError::HostColons { .. }), "{url}: {err}");
+            assert!(err.to_string().contains(hint), "{url}: {err}");
+        }
+    }
 
     #[test]
     fn parse_full_url_splits_parts() {

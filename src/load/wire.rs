@@ -108,28 +108,56 @@ pub fn websocket_key(nonce: [u8; 16]) -> String {
 }
 
 /// The parts of a response head the load generator checks.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResponseHead {
     pub status: u16,
+    /// Minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub minor_version: u8,
     /// Bytes up to and including the blank line; frame bytes may follow.
     pub head_len: usize,
     /// `Sec-WebSocket-Accept` value, if present.
     pub accept: Option<String>,
+    /// Whether `Upgrade` is `websocket`, compared ASCII case-insensitively.
+    pub upgrade_websocket: bool,
+    /// Whether `Connection` lists the `upgrade` option.
+    pub connection_upgrade: bool,
+    /// Subprotocols in `Sec-WebSocket-Protocol`, from every field line of that name.
+    pub protocols: Vec<String>,
+    /// Whether `Sec-WebSocket-Extensions` names any extension.
+    pub extensions: bool,
 }
 
 /// Why a response head could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadError {
-    #[error("response status line is not `HTTP/1.1 <3-digit code> ...`")]
+    #[error("response status line is not `HTTP/1.1 <3-digit code> ...` (or HTTP/1.0)")]
     StatusLine,
     #[error("response head exceeds {max} bytes without a blank line")]
     TooLarge { max: usize },
 }
 
+/// Failure of a `101` response to complete the opening handshake (RFC 6455 §4.1, the
+/// client's checks of the server's response).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("101 response over HTTP/1.0; an upgrade needs HTTP/1.1")]
+    Version,
+    #[error("101 response without `Upgrade: websocket`")]
+    Upgrade,
+    #[error("101 response whose `Connection` does not list `upgrade`")]
+    Connection,
+    #[error("Sec-WebSocket-Accept is missing or does not match the key")]
+    Accept,
+    #[error("Sec-WebSocket-Extensions names an extension the client did not offer")]
+    Extension,
+    #[error("Sec-WebSocket-Protocol is not one of the subprotocols the client offered")]
+    Protocol,
+}
+
 /// Parses the response head at the start of `buf`. Returns `Ok(None)` until the blank line
 /// that ends the head has arrived.
 pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError> {
-    let Some(end) = buf.windows(4).position(|window| window == b"\r\n\r\n") else {
+    let Some((end, head_len)) = head_end(buf) else {
         if buf.len() > MAX_RESPONSE_HEAD_BYTES {
             return Err(HeadError::TooLarge {
                 max: MAX_RESPONSE_HEAD_BYTES,
@@ -137,35 +165,110 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError
         }
         return Ok(None);
     };
-    let head_len = end + 4;
     let head = buf.get(..end).unwrap_or_default();
     let mut lines = head.split(|&byte| byte == b'\n').map(trim_cr);
+    let (minor_version, status) =
+        parse_status_line(lines.next().unwrap_or_default()).ok_or(HeadError::StatusLine)?;
 
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix(b"HTTP/1.1 ")
-        .and_then(|rest| rest.get(..3))
-        .filter(|code| code.iter().all(u8::is_ascii_digit))
-        .and_then(|code| std::str::from_utf8(code).ok())
-        .and_then(|code| code.parse::<u16>().ok())
-        .ok_or(HeadError::StatusLine)?;
-
-    let mut accept = None;
+    let mut parsed = ResponseHead {
+        status,
+        minor_version,
+        head_len,
+        ..ResponseHead::default()
+    };
     for line in lines {
         let Some(colon) = line.iter().position(|&byte| byte == b':') else {
             continue;
         };
         let (name, value) = line.split_at(colon);
+        let value = value.get(1..).unwrap_or_default().trim_ascii();
+        let items = || {
+            value
+                .split(|&byte| byte == b',')
+                .map(<[u8]>::trim_ascii)
+                .filter(|item| !item.is_empty())
+        };
         if name.eq_ignore_ascii_case(b"sec-websocket-accept") {
-            let value = value.get(1..).unwrap_or_default().trim_ascii();
-            accept = Some(String::from_utf8_lossy(value).into_owned());
+            parsed.accept = Some(String::from_utf8_lossy(value).into_owned());
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            parsed.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            parsed.connection_upgrade |= items().any(|item| item.eq_ignore_ascii_case(b"upgrade"));
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
+            parsed
+                .protocols
+                .extend(items().map(|item| String::from_utf8_lossy(item).into_owned()));
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-extensions") {
+            parsed.extensions |= items().next().is_some();
         }
     }
-    Ok(Some(ResponseHead {
-        status,
-        head_len,
-        accept,
-    }))
+    Ok(Some(parsed))
+}
+
+/// Finds the empty line that ends a head. Lines end in CRLF or, as RFC 9112 §2.2 lets a
+/// recipient accept, in a bare LF. Returns where the last field line ends and the length
+/// of the head with its empty line.
+fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut line_start = 0;
+    for (at, _) in buf.iter().enumerate().filter(|&(_, &byte)| byte == b'\n') {
+        let line = buf.get(line_start..at).unwrap_or_default();
+        if line_start > 0 && trim_cr(line).is_empty() {
+            return Some((line_start.saturating_sub(1), at + 1));
+        }
+        line_start = at + 1;
+    }
+    None
+}
+
+/// Reads `HTTP/1.<0|1> <3 digits>`, followed by a space and a reason phrase or by nothing
+/// (RFC 9112 §4), and returns the minor version and the status code.
+fn parse_status_line(line: &[u8]) -> Option<(u8, u16)> {
+    let rest = line.strip_prefix(b"HTTP/1.")?;
+    let (&minor, rest) = rest.split_first()?;
+    let minor_version = match minor {
+        b'0' => 0,
+        b'1' => 1,
+        _ => return None,
+    };
+    let rest = rest.strip_prefix(b" ")?;
+    let (code, after) = rest.split_at_checked(3)?;
+    if !code.iter().all(u8::is_ascii_digit) || !(after.is_empty() || after.starts_with(b" ")) {
+        return None;
+    }
+    let status = code
+        .iter()
+        .fold(0u16, |status, digit| status * 10 + u16::from(digit - b'0'));
+    Some((minor_version, status))
+}
+
+/// Checks a `101` response against the request it replies to (RFC 6455 §4.1): HTTP/1.1,
+/// `Upgrade: websocket`, `Connection: upgrade`, the accept value for `key`, no extension
+/// (the client offers none), and at most one subprotocol, one of `offered`.
+pub fn check_switch(
+    head: &ResponseHead,
+    key: &str,
+    offered: &[&str],
+) -> Result<(), HandshakeError> {
+    if head.minor_version != 1 {
+        return Err(HandshakeError::Version);
+    }
+    if !head.upgrade_websocket {
+        return Err(HandshakeError::Upgrade);
+    }
+    if !head.connection_upgrade {
+        return Err(HandshakeError::Connection);
+    }
+    if !accept_matches(key, head.accept.as_deref()) {
+        return Err(HandshakeError::Accept);
+    }
+    if head.extensions {
+        return Err(HandshakeError::Extension);
+    }
+    match head.protocols.as_slice() {
+        [] => Ok(()),
+        [chosen] if offered.contains(&chosen.as_str()) => Ok(()),
+        _ => Err(HandshakeError::Protocol),
+    }
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -521,6 +624,20 @@ mod tests {
     }
 
     #[test]
+    fn response_head_accepts_bare_lf() {
+        let head = b"HTTP/1.1 101 Switching Protocols\nSec-WebSocket-Accept: abc\n\n\x81\x00";
+        let parsed = parse_response_head(head).unwrap().unwrap();
+        assert_eq!(parsed.status, 101);
+        assert_eq!(parsed.head_len, head.len() - 2);
+        assert_eq!(parsed.accept.as_deref(), Some("abc"));
+        let mixed = b"HTTP/1.1 403 Forbidden\r\nA: b\n\r\nbody";
+        assert_eq!(
+            parse_response_head(mixed).unwrap().unwrap().head_len,
+            mixed.len() - 4
+        );
+    }
+
+    #[test]
     fn response_head_reads_rejection_status() {
         let head = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n\r\n";
         let parsed = parse_response_head(head).unwrap().unwrap();
@@ -529,15 +646,102 @@ mod tests {
     }
 
     #[test]
-    fn response_head_bad_status_or_size_fails() {
+    fn response_head_reads_status_line_forms() {
+        let status = |line: &str| {
+            let head = format!("{line}\r\n\r\n");
+            parse_response_head(head.as_bytes())
+                .map(|head| head.map(|h| (h.minor_version, h.status)))
+        };
+        assert_eq!(status("HTTP/1.0 403 Forbidden"), Ok(Some((0, 403))));
+        assert_eq!(status("HTTP/1.1 101"), Ok(Some((1, 101))));
+        assert_eq!(status("HTTP/1.1 101 "), Ok(Some((1, 101))));
+        for bad in [
+            "HTTP/1.1 2x0 OK",
+            "HTTP/1.1 1010 Weird",
+            "HTTP/1.1 10",
+            "HTTP/1.2 101 Switching Protocols",
+            "HTTP/2 101",
+            "HTTP/1.1  101 Switching Protocols",
+            "ICY 200 OK",
+        ] {
+            assert_eq!(status(bad), Err(HeadError::StatusLine), "{bad}");
+        }
+    }
+
+    /// Parses a valid `101` for [`KEY`] with the field lines `extra` added.
+    fn switch(extra: &str) -> ResponseHead {
+        let head = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nupgrade: WebSocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n{extra}\r\n",
+            std::str::from_utf8(&crate::handshake::accept_key(KEY)).unwrap()
+        );
+        parse_response_head(head.as_bytes()).unwrap().unwrap()
+    }
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    #[test]
+    fn switch_with_required_fields_passes() {
+        assert_eq!(check_switch(&switch(""), KEY, &[]), Ok(()));
+        let chosen = switch("Sec-WebSocket-Protocol: bearer\r\n");
+        assert_eq!(check_switch(&chosen, KEY, &["bearer", "tok"]), Ok(()));
+        let empty_extensions = switch("Sec-WebSocket-Extensions: \r\n");
+        assert_eq!(check_switch(&empty_extensions, KEY, &[]), Ok(()));
+    }
+
+    #[test]
+    fn switch_missing_or_unoffered_fails() {
+        let mut http10 = switch("");
+        http10.minor_version = 0;
         assert_eq!(
-            parse_response_head(b"HTTP/1.0 200 OK\r\n\r\n"),
-            Err(HeadError::StatusLine)
+            check_switch(&http10, KEY, &[]),
+            Err(HandshakeError::Version)
+        );
+
+        let mut no_upgrade = switch("");
+        no_upgrade.upgrade_websocket = false;
+        assert_eq!(
+            check_switch(&no_upgrade, KEY, &[]),
+            Err(HandshakeError::Upgrade)
+        );
+        let h2c = switch("Upgrade: h2c\r\n");
+        assert_eq!(check_switch(&h2c, KEY, &[]), Err(HandshakeError::Upgrade));
+
+        let mut no_connection = switch("");
+        no_connection.connection_upgrade = false;
+        assert_eq!(
+            check_switch(&no_connection, KEY, &[]),
+            Err(HandshakeError::Connection)
         );
         assert_eq!(
-            parse_response_head(b"HTTP/1.1 2x0 OK\r\n\r\n"),
-            Err(HeadError::StatusLine)
+            check_switch(&switch(""), "AAAAAAAAAAAAAAAAAAAAAA==", &[]),
+            Err(HandshakeError::Accept)
         );
+
+        let deflate = switch("Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        assert_eq!(
+            check_switch(&deflate, KEY, &[]),
+            Err(HandshakeError::Extension)
+        );
+
+        let unoffered = switch("Sec-WebSocket-Protocol: chat\r\n");
+        assert_eq!(
+            check_switch(&unoffered, KEY, &[]),
+            Err(HandshakeError::Protocol)
+        );
+        assert_eq!(
+            check_switch(&unoffered, KEY, &["bearer"]),
+            Err(HandshakeError::Protocol)
+        );
+        let two = switch("Sec-WebSocket-Protocol: bearer, tok\r\n");
+        assert_eq!(
+            check_switch(&two, KEY, &["bearer", "tok"]),
+            Err(HandshakeError::Protocol)
+        );
+    }
+
+    #[test]
+    fn response_head_bad_size_fails() {
         let long = vec![b'a'; MAX_RESPONSE_HEAD_BYTES + 1];
         assert_eq!(
             parse_response_head(&long),
