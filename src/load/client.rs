@@ -1349,10 +1349,11 @@ async fn close(worker: &Worker, conn: &Conn) {
     let mut started = false;
     if !conn.close_sent.get() && !conn.failed.get() && !conn.eof.get() {
         conn.close_sent.set(true);
-        started = true;
         let mut frame = Vec::with_capacity(8);
         wire::encode_close(&mut frame, NORMAL_CLOSURE, worker.mask_key());
         let _ = write(worker, conn, frame).await;
+        // A failed write is already counted, and the server may never have seen the frame.
+        started = !conn.failed.get();
     }
 
     let until = Instant::now() + config.close_timeout;
@@ -1624,7 +1625,9 @@ fn on_close(worker: &Worker, user: &User, conn: &Conn, code: Option<u16>) {
         if let Some(code) = code.filter(|&code| code != NORMAL_CLOSURE) {
             let mut stats = worker.stats.borrow_mut();
             stats.count_close(code);
-            if code >= PROTOCOL_ERROR && user.expect_close.get() != Some(code) {
+            if user.expect_close.get() == Some(code) {
+                user.expect_close.set(None);
+            } else if code >= PROTOCOL_ERROR {
                 tracing::debug!(user = user.index, code, "server closed with an error code");
                 stats.errors.unexpected_close += 1;
                 stats.note_error("close", &format_args!("the server closed with {code}"));
