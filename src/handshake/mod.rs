@@ -12,8 +12,8 @@
 //! The checks run in this order, and the first failure decides the response:
 //!
 //! 1. parse errors, mapped by `From<ParseError>`: 431 for the size limits, 400 otherwise;
-//! 2. HTTP version other than 1.1: 505. The version comes first because the meaning of
-//!    everything after the request line depends on it;
+//! 2. HTTP version other than 1.1 (a higher 1.x counts as 1.1): 505. The version comes
+//!    first because the meaning of everything after the request line depends on it;
 //! 3. method other than `GET`: 405 with `Allow: GET`;
 //! 4. `Host` missing, repeated or invalid: 400 (RFC 9112 §3.2);
 //! 5. path of the target other than the configured path: 404. The query is ignored;
@@ -201,7 +201,9 @@ pub fn check_request<'b>(
     req: &Request<'b>,
     cfg: &HandshakeConfig,
 ) -> Result<Upgrade<'b>, RejectReason> {
-    if (req.major_version, req.minor_version) != (1, 1) {
+    // RFC 9110 §2.5: a higher minor version of HTTP/1 is handled as HTTP/1.1, the highest
+    // this server implements. HTTP/1.0 has no upgrade (RFC 6455 §4.1 requires 1.1 or higher).
+    if req.major_version != 1 || req.minor_version == 0 {
         return Err(RejectReason::UnsupportedHttpVersion {
             major: req.major_version,
             minor: req.minor_version,
@@ -331,13 +333,20 @@ struct TargetParts<'b> {
 }
 
 impl<'b> TargetParts<'b> {
-    /// Splits an origin-form target (`/path?query`) or an `http` or `https` absolute-form
-    /// target, which RFC 9112 §3.2.2 requires a server to accept. Any other target keeps its
-    /// text as the path, so it fails the path comparison.
+    /// Splits an origin-form target (`/path?query`) or an absolute-form target, which RFC
+    /// 9112 §3.2.2 requires a server to accept, with the scheme `http`, `https`, `ws` or
+    /// `wss` (some WebSocket clients send the URI they were given). Any other target keeps
+    /// its text as the path, so it fails the path comparison.
     fn split(target: &'b str) -> Self {
         let (before_query, query) = target.split_once('?').unwrap_or((target, ""));
-        let rest = strip_prefix_ignore_case(before_query, "http://")
-            .or_else(|| strip_prefix_ignore_case(before_query, "https://"));
+        // An origin-form target, the usual case, starts with `/` and names no scheme.
+        let rest = if before_query.starts_with('/') {
+            None
+        } else {
+            ["http://", "https://", "ws://", "wss://"]
+                .iter()
+                .find_map(|scheme| strip_prefix_ignore_case(before_query, scheme))
+        };
         let Some(rest) = rest else {
             return Self {
                 authority: None,
@@ -643,6 +652,25 @@ mod tests {
                 101,
             ),
             (
+                "ws absolute-form",
+                upgrade_request("WS://example.com/ws?a=1", &[], &[]),
+                101,
+            ),
+            (
+                "wss absolute-form",
+                upgrade_request("wss://example.com/ws", &[], &[]),
+                101,
+            ),
+            (
+                "HTTP/1.2 as 1.1",
+                {
+                    let fields = fields_with(&[], &[]);
+                    let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+                    raw("GET /ws HTTP/1.2", &fields)
+                },
+                101,
+            ),
+            (
                 "content-length zero",
                 upgrade_request("/ws", &[], &["Content-Length: 0"]),
                 101,
@@ -672,6 +700,7 @@ mod tests {
             // 2. Version, method, path.
             ("HTTP/1.0", raw("GET /ws HTTP/1.0", &["Host: a"]), 505),
             ("HTTP/2.0", raw("GET /ws HTTP/2.0", &["Host: a"]), 505),
+            ("fragment", upgrade_request("/ws?a=1#frag", &[], &[]), 400),
             ("HTTP/1.0 POST", raw("POST /ws HTTP/1.0", &["Host: a"]), 505),
             ("POST", raw("POST /ws HTTP/1.1", &["Host: a"]), 405),
             ("lowercase get", raw("get /ws HTTP/1.1", &["Host: a"]), 405),
@@ -685,8 +714,8 @@ mod tests {
             ("trailing slash", upgrade_request("/ws/", &[], &[]), 404),
             ("asterisk", upgrade_request("*", &[], &[]), 404),
             (
-                "ws scheme",
-                upgrade_request("ws://example.com/ws", &[], &[]),
+                "ftp scheme",
+                upgrade_request("ftp://example.com/ws", &[], &[]),
                 404,
             ),
             // 3. Host and body.

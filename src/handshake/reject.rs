@@ -107,8 +107,8 @@ pub enum RejectReason {
     /// WebSocket frames. HTTP 400.
     #[error("upgrade request must not have a body; remove Content-Length and Transfer-Encoding")]
     UnexpectedBody,
-    /// The HTTP version is not 1.1 (RFC 6455 §4.2.1 requires HTTP/1.1 or higher, and this
-    /// server speaks only 1.1). HTTP 505.
+    /// The HTTP version is not 1.1 or a higher 1.x (RFC 6455 §4.2.1 requires HTTP/1.1 or
+    /// higher, and this server speaks only 1.1). HTTP 505.
     #[error("HTTP/{major}.{minor} is not supported; send the upgrade request over HTTP/1.1")]
     UnsupportedHttpVersion {
         /// Major digit of the version received.

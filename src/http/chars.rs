@@ -10,9 +10,10 @@
 /// ``! # $ % & ' * + - . ^ _ ` | ~``. Methods, field names and most list elements are tokens.
 pub(crate) static TCHAR: [bool; 256] = table(b"!#$%&'*+-.^_`|~", true);
 
-/// Request-target bytes: the visible ASCII characters 0x21 to 0x7E. RFC 9112 §3.2 builds the
-/// target from URI syntax (RFC 3986), which has no spaces, controls or raw non-ASCII bytes.
-pub(crate) static TARGET: [bool; 256] = range(0x21, 0x7E);
+/// Request-target bytes: the visible ASCII characters 0x21 to 0x7E except `#`. RFC 9112 §3.2
+/// builds the target from URI syntax (RFC 3986), which has no spaces, controls or raw
+/// non-ASCII bytes, and its forms have no fragment, so a `#` cannot appear.
+pub(crate) static TARGET: [bool; 256] = target();
 
 /// Field-value bytes (RFC 9110 §5.5): visible ASCII, obs-text (0x80 to 0xFF), space and
 /// horizontal tab. CR, LF, NUL, the other controls and DEL (0x7F) are excluded.
@@ -92,6 +93,12 @@ const fn range(first: u8, last: u8) -> [bool; 256] {
     class
 }
 
+const fn target() -> [bool; 256] {
+    let mut class = range(0x21, 0x7E);
+    class[b'#' as usize] = false;
+    class
+}
+
 const fn field_value() -> [bool; 256] {
     let mut class = range(0x21, 0xFF);
     class[0x7F] = false;
@@ -117,9 +124,9 @@ mod tests {
     }
 
     #[test]
-    fn target_table_marks_only_visible_ascii() {
+    fn target_table_marks_visible_ascii_but_hash() {
         for byte in 0..=u8::MAX {
-            let expected = byte.is_ascii_graphic();
+            let expected = byte.is_ascii_graphic() && byte != b'#';
             assert_eq!(is(&TARGET, byte), expected, "byte {byte:#04x}");
         }
     }

@@ -132,9 +132,9 @@ pub enum ParseError {
     /// The method is empty or contains a byte that is not a token character (RFC 9110 §9.1).
     #[error("request method is empty or is not a token")]
     InvalidMethod,
-    /// The request target is empty or contains a space, control or non-ASCII byte
+    /// The request target is empty or contains a space, control, `#` or non-ASCII byte
     /// (RFC 9112 §3.2).
-    #[error("request target is empty or contains a space, control or non-ASCII byte")]
+    #[error("request target is empty or contains a space, control, `#` or non-ASCII byte")]
     InvalidTarget,
     /// The HTTP version is missing or is not `HTTP/` DIGIT `.` DIGIT (RFC 9112 §2.3).
     #[error("HTTP version in the request line is missing or malformed; send HTTP/1.1")]

@@ -37,10 +37,13 @@ pub(crate) fn skip_field_value(bytes: &[u8], from: usize) -> usize {
 /// target, or `bytes.len()`. Same result as `skip(bytes, from, &TARGET)`.
 #[inline]
 pub(crate) fn skip_target(bytes: &[u8], from: usize) -> usize {
-    // Target bytes are 0x21 to 0x7E, so bytes below 0x21, DEL and bytes with the high bit
-    // set end the run.
+    // Target bytes are 0x21 to 0x7E without `#`, so bytes below 0x21, `#`, DEL and bytes
+    // with the high bit set end the run.
     skip_words(bytes, from, &TARGET, |word| {
-        bytes_below(word, 0x21) | bytes_equal(word, 0x7F) | (word & HIGH_BITS)
+        bytes_below(word, 0x21)
+            | bytes_equal(word, b'#')
+            | bytes_equal(word, 0x7F)
+            | (word & HIGH_BITS)
     })
 }
 
