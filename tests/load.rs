@@ -82,33 +82,43 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|item| (*item).to_owned()).collect()
 }
 
-#[test]
-fn load_echo_every_message_answered() {
-    let addr = start(config(2, "backend = \"echo\"\nrate_per_sec = 0"));
-    let summary_file = SummaryFile::new("echo");
-    let url = format!("ws://{addr}/ws");
-    let summary = run_load(
-        &strings(&[
-            &url,
-            "--connections",
-            "20",
-            "--window",
-            "4",
-            "--size",
-            "128",
-            "--duration",
-            "2",
-            "--fail-on-error",
-        ]),
-        &summary_file,
-    );
+/// Runs `framegate load` against the WebSocket endpoint at `addr` with `args`, its summary
+/// in a file named after `name`, and returns the summary.
+fn load_at(addr: std::net::SocketAddr, name: &str, args: &[&str]) -> serde_json::Value {
+    let summary_file = SummaryFile::new(name);
+    let mut all = vec![format!("ws://{addr}/ws")];
+    all.extend(strings(args));
+    run_load(&all, &summary_file)
+}
 
+/// Checks that messages were sent and every one got its reply, with a latency sample each,
+/// and that no error was counted.
+fn assert_every_message_answered(summary: &serde_json::Value) {
     let sent = count(&summary["sent"]["messages"]);
     assert!(sent > 0, "no message sent: {summary:#}");
     assert_eq!(count(&summary["received"]["messages"]), sent, "{summary:#}");
     assert_eq!(count(&summary["latency_us"]["count"]), sent, "{summary:#}");
-    assert_eq!(count(&summary["handshakes"]), 20, "{summary:#}");
     assert_eq!(count(&summary["error_total"]), 0, "{summary:#}");
+}
+
+#[test]
+fn load_echo_every_message_answered() {
+    let addr = start(config(2, "backend = \"echo\"\nrate_per_sec = 0"));
+    let args = [
+        "--connections",
+        "20",
+        "--window",
+        "4",
+        "--size",
+        "128",
+        "--duration",
+        "2",
+        "--fail-on-error",
+    ];
+    let summary = load_at(addr, "echo", &args);
+
+    assert_every_message_answered(&summary);
+    assert_eq!(count(&summary["handshakes"]), 20, "{summary:#}");
     assert_eq!(
         summary["error_frames"],
         serde_json::json!({}),
@@ -123,30 +133,25 @@ fn load_injected_faults_get_expected_answers() {
         2,
         "backend = \"echo\"\nrate_per_sec = 100\nburst = 5\nmax_message_bytes = 10240",
     ));
-    let summary_file = SummaryFile::new("invalid");
-    let url = format!("ws://{addr}/ws");
-    let summary = run_load(
-        &strings(&[
-            &url,
-            "--connections",
-            "8",
-            "--rate",
-            "160",
-            "--duration",
-            "2",
-            "--invalid-ratio",
-            "0.2",
-            "--server-rate-per-sec",
-            "100",
-            "--server-burst",
-            "5",
-            "--server-max-message-bytes",
-            "10240",
-            "--seed",
-            "7",
-        ]),
-        &summary_file,
-    );
+    let args = [
+        "--connections",
+        "8",
+        "--rate",
+        "160",
+        "--duration",
+        "2",
+        "--invalid-ratio",
+        "0.2",
+        "--server-rate-per-sec",
+        "100",
+        "--server-burst",
+        "5",
+        "--server-max-message-bytes",
+        "10240",
+        "--seed",
+        "7",
+    ];
+    let summary = load_at(addr, "invalid", &args);
 
     let injected = &summary["injected"];
     let oversize = count(&injected["oversize"]);
@@ -547,49 +552,35 @@ fn load_open_loop_sends_stalled_messages() {
 #[test]
 fn load_relay_delivers_to_peer() {
     let addr = start(config(2, "backend = \"relay\"\nrate_per_sec = 0"));
-    let summary_file = SummaryFile::new("relay");
-    let url = format!("ws://{addr}/ws");
-    let summary = run_load(
-        &strings(&[
-            &url,
-            "--scenario",
-            "relay",
-            "--connections",
-            "8",
-            "--window",
-            "4",
-            "--duration",
-            "1",
-            "--fail-on-error",
-        ]),
-        &summary_file,
-    );
+    let args = [
+        "--scenario",
+        "relay",
+        "--connections",
+        "8",
+        "--window",
+        "4",
+        "--duration",
+        "1",
+        "--fail-on-error",
+    ];
+    let summary = load_at(addr, "relay", &args);
 
-    let sent = count(&summary["sent"]["messages"]);
-    assert!(sent > 0, "no message sent: {summary:#}");
-    assert_eq!(count(&summary["received"]["messages"]), sent, "{summary:#}");
-    assert_eq!(count(&summary["latency_us"]["count"]), sent, "{summary:#}");
-    assert_eq!(count(&summary["error_total"]), 0, "{summary:#}");
+    assert_every_message_answered(&summary);
 }
 
 #[test]
 fn load_relay_rejects_echoed_copies() {
     // An echo server returns each message to its sender, which is not a delivery.
     let addr = start(config(1, "backend = \"echo\"\nrate_per_sec = 0"));
-    let summary_file = SummaryFile::new("relay-echo");
-    let url = format!("ws://{addr}/ws");
-    let summary = run_load(
-        &strings(&[
-            &url,
-            "--scenario",
-            "relay",
-            "--connections",
-            "4",
-            "--duration",
-            "1",
-        ]),
-        &summary_file,
-    );
+    let args = [
+        "--scenario",
+        "relay",
+        "--connections",
+        "4",
+        "--duration",
+        "1",
+    ];
+    let summary = load_at(addr, "relay-echo", &args);
 
     assert!(count(&summary["sent"]["messages"]) > 0, "{summary:#}");
     assert!(count(&summary["errors"]["mismatch"]) > 0, "{summary:#}");
@@ -612,29 +603,24 @@ fn load_ends_when_server_stops_reading() {
             }
         }
     });
-    let summary_file = SummaryFile::new("no-read");
-    let url = format!("ws://{addr}/ws");
+    let args = [
+        "--no-auth",
+        "--raw",
+        "--connections",
+        "2",
+        "--size",
+        "1000000",
+        "--window",
+        "16",
+        "--duration",
+        "1",
+        "--drain-timeout",
+        "1",
+        "--close-timeout",
+        "1",
+    ];
     let started = Instant::now();
-    let summary = run_load(
-        &strings(&[
-            &url,
-            "--no-auth",
-            "--raw",
-            "--connections",
-            "2",
-            "--size",
-            "1000000",
-            "--window",
-            "16",
-            "--duration",
-            "1",
-            "--drain-timeout",
-            "1",
-            "--close-timeout",
-            "1",
-        ]),
-        &summary_file,
-    );
+    let summary = load_at(addr, "no-read", &args);
 
     // Duration, drain and close, with room for a slow machine.
     assert!(started.elapsed() < Duration::from_secs(20), "{summary:#}");
@@ -677,27 +663,22 @@ fn start_close_replying_server(reply: &'static [u8]) -> std::net::SocketAddr {
 
 #[test]
 fn load_counts_abnormal_close_replies() {
-    // No close frame before the TCP close is recorded as 1006; a reply with 1011 reports a
+    // No close frame before the TCP close is recorded as 1006. A reply with 1011 reports a
     // server error.
     for (reply, code) in [(&[][..], "1006"), (&[0x88, 2, 0x03, 0xf3][..], "1011")] {
         let addr = start_close_replying_server(reply);
-        let summary_file = SummaryFile::new(&format!("close-{code}"));
-        let url = format!("ws://{addr}/ws");
-        let summary = run_load(
-            &strings(&[
-                &url,
-                "--no-auth",
-                "--scenario",
-                "connect",
-                "--connections",
-                "1",
-                "--rate",
-                "20",
-                "--duration",
-                "0.5",
-            ]),
-            &summary_file,
-        );
+        let args = [
+            "--no-auth",
+            "--scenario",
+            "connect",
+            "--connections",
+            "1",
+            "--rate",
+            "20",
+            "--duration",
+            "0.5",
+        ];
+        let summary = load_at(addr, &format!("close-{code}"), &args);
 
         let handshakes = count(&summary["handshakes"]);
         assert!(handshakes > 0, "{summary:#}");
