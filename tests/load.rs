@@ -234,20 +234,27 @@ fn start_recycling_server() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
 ) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind recycling server");
-    let addr = listener.local_addr().expect("server address");
     let carried = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let record = std::sync::Arc::clone(&carried);
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let record = std::sync::Arc::clone(&record);
-            std::thread::spawn(move || {
-                let echoed = serve_recycling(stream);
-                record.lock().unwrap().push(echoed);
-            });
-        }
+    let addr = serve_each(move |stream| {
+        let echoed = serve_recycling(stream);
+        record.lock().unwrap().push(echoed);
     });
     (addr, carried)
+}
+
+/// Starts a loopback server that runs `serve` on a thread of its own for each connection.
+fn serve_each(serve: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind test server");
+    let addr = listener.local_addr().expect("server address");
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let serve = std::sync::Arc::clone(&serve);
+            std::thread::spawn(move || serve(stream));
+        }
+    });
+    addr
 }
 
 /// Reads an upgrade request from `stream` and replies with 101. Returns the bytes that
@@ -593,14 +600,10 @@ fn load_relay_rejects_echoed_copies() {
 fn load_ends_when_server_stops_reading() {
     // The server upgrades each connection and then never reads, so the client's writes stall
     // once the socket buffers are full. The run must still end by itself.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("server address");
-    std::thread::spawn(move || {
-        let mut upgraded = Vec::new();
-        for mut stream in listener.incoming().flatten() {
-            if accept_upgrade(&mut stream).is_some() {
-                upgraded.push(stream);
-            }
+    let addr = serve_each(|mut stream| {
+        if accept_upgrade(&mut stream).is_some() {
+            // Holds the connection open, unread, for longer than the run.
+            std::thread::sleep(RUN_LIMIT);
         }
     });
     let args = [
@@ -633,32 +636,25 @@ fn load_ends_when_server_stops_reading() {
 fn start_close_replying_server(reply: &'static [u8]) -> std::net::SocketAddr {
     use std::io::{Read, Write};
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("server address");
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Some(mut data) = accept_upgrade(&mut stream) else {
+    serve_each(move |mut stream| {
+        let Some(mut data) = accept_upgrade(&mut stream) else {
+            return;
+        };
+        let mut chunk = [0u8; 4096];
+        loop {
+            while let Some((opcode, _, used)) = client_frame_at(&data) {
+                data.drain(..used);
+                if opcode == 0x8 {
+                    let _ = stream.write_all(reply);
                     return;
-                };
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some((opcode, _, used)) = client_frame_at(&data) {
-                        data.drain(..used);
-                        if opcode == 0x8 {
-                            let _ = stream.write_all(reply);
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => data.extend_from_slice(&chunk[..n]),
-                    }
                 }
-            });
+            }
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => data.extend_from_slice(&chunk[..n]),
+            }
         }
-    });
-    addr
+    })
 }
 
 #[test]

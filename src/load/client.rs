@@ -469,9 +469,8 @@ fn build_user(config: &RunConfig, index: u32) -> User {
         Scenario::Relay => (Role::Idle, index, 0),
     };
     let id = config.tokens.user_id(index, &config.user_prefix);
-    // Minted here, before the clock starts, because signing with an RSA key takes
-    // milliseconds that would otherwise count as connect latency. A failure leaves it to
-    // `user_token`, which retries at the first connect and counts the error.
+    // Minted before the clock starts, because RSA signing takes milliseconds that would count
+    // as connect latency. After a failure `user_token` retries at the first connect.
     let token = config.tokens.token(index, &id, unix_now()).ok();
     let peer_id = config.tokens.user_id(peer, &config.user_prefix);
     let to_json = serde_json::to_string(&peer_id).unwrap_or_else(|_| "\"\"".to_owned());
@@ -947,7 +946,7 @@ async fn flush_control(worker: &Worker, conn: &Conn) {
     write(worker, conn, queued).await;
 }
 
-/// Writes `buf` whole, giving up at [`RunConfig::run_end`]; a failure marks the connection
+/// Writes `buf` whole and gives up at [`RunConfig::run_end`]. A failure marks the connection
 /// failed. Returns the buffer for reuse.
 ///
 /// A batch usually fits the socket's send buffer, so it first goes out with one non-blocking
@@ -1363,6 +1362,7 @@ async fn close(worker: &Worker, conn: &Conn) {
             // RFC 6455 §7.1.5: a TCP close (or reset) without a close frame after ours is
             // an abnormal closure, recorded as 1006.
             if started && conn.server_close.get().is_none() {
+                tracing::debug!("server closed TCP without a close frame in response to ours");
                 let mut stats = worker.stats.borrow_mut();
                 stats.count_close(ABNORMAL_CLOSURE);
                 stats.errors.unexpected_close += 1;
@@ -1565,9 +1565,13 @@ fn on_frame(
         fin,
         payload,
     } = frame;
-    // §5.5.1: nothing follows a close frame. A frame after the server's close is counted and
-    // dropped, and it gets no reply because this side has sent or queued its own close.
+    // §5.5.1: nothing follows a close frame, so a later frame is counted and dropped unanswered.
     if conn.server_close.get().is_some() {
+        tracing::debug!(
+            user = user.index,
+            ?opcode,
+            "frame after the server's close frame"
+        );
         let mut stats = worker.stats.borrow_mut();
         stats.errors.protocol += 1;
         stats.note_error("protocol", &"a frame after the server's close frame");
@@ -1619,9 +1623,8 @@ fn on_close(worker: &Worker, user: &User, conn: &Conn, code: Option<u16>) {
     }
     conn.server_close.set(Some(code));
     if conn.close_sent.get() {
-        // A reply that echoes our code, or has none, ends the close normally. Another code
-        // means the server closed for its own reason, possibly crossing our close frame:
-        // it is counted, and as an error from 1002 up, where codes report failures.
+        // A reply with our code, or none, ends the close normally. Any other code is the
+        // server's own reason (its close may have crossed ours), and from 1002 up a failure.
         if let Some(code) = code.filter(|&code| code != NORMAL_CLOSURE) {
             let mut stats = worker.stats.borrow_mut();
             stats.count_close(code);

@@ -671,8 +671,8 @@ fn prepare(args: &LoadArgs) -> Result<Setup, LoadError> {
         ));
     }
     // RFC 6455 §4.1: a subprotocol is an HTTP token (RFC 9110 §5.6.2).
-    let tchar = |byte: u8| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte);
-    if args.protocol_marker.is_empty() || !args.protocol_marker.bytes().all(tchar) {
+    let marker = args.protocol_marker.as_bytes();
+    if marker.is_empty() || !crate::http::all_in(&crate::http::TCHAR, marker) {
         return Err(option_error(
             "protocol-marker",
             format_args!("{:?}", args.protocol_marker),

@@ -7,6 +7,7 @@
 //! relayed copy or an error frame can be matched to the message that caused it.
 #![forbid(unsafe_code)]
 
+use crate::http::{list_contains_ignore_case, list_elements};
 use std::io::Write as _;
 
 use base64::Engine as _;
@@ -182,24 +183,18 @@ pub fn parse_response_head(buf: &[u8]) -> Result<Option<ResponseHead>, HeadError
         };
         let (name, value) = line.split_at(colon);
         let value = value.get(1..).unwrap_or_default().trim_ascii();
-        let items = || {
-            value
-                .split(|&byte| byte == b',')
-                .map(<[u8]>::trim_ascii)
-                .filter(|item| !item.is_empty())
-        };
         if name.eq_ignore_ascii_case(b"sec-websocket-accept") {
             parsed.accept = Some(String::from_utf8_lossy(value).into_owned());
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             parsed.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
         } else if name.eq_ignore_ascii_case(b"connection") {
-            parsed.connection_upgrade |= items().any(|item| item.eq_ignore_ascii_case(b"upgrade"));
+            parsed.connection_upgrade |= list_contains_ignore_case(value, b"upgrade");
         } else if name.eq_ignore_ascii_case(b"sec-websocket-protocol") {
-            parsed
-                .protocols
-                .extend(items().map(|item| String::from_utf8_lossy(item).into_owned()));
+            parsed.protocols.extend(
+                list_elements(value).map(|item| String::from_utf8_lossy(item).into_owned()),
+            );
         } else if name.eq_ignore_ascii_case(b"sec-websocket-extensions") {
-            parsed.extensions |= items().next().is_some();
+            parsed.extensions |= list_elements(value).next().is_some();
         }
     }
     Ok(Some(parsed))
