@@ -1567,7 +1567,7 @@ fn on_frame(
     } = frame;
     // §5.5.1: nothing follows a close frame, so a later frame is counted and dropped unanswered.
     if conn.server_close.get().is_some() {
-        tracing::debug!(
+        tracing::trace!(
             user = user.index,
             ?opcode,
             "frame after the server's close frame"

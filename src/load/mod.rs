@@ -88,11 +88,12 @@ pub struct LoadArgs {
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub connections: u32,
 
-    /// New connections per second while ramping up; 0 opens all at once.
+    /// New connections per second while ramping up; 0 opens all at once. The ramp may last at
+    /// most one day.
     #[arg(long, value_name = "PER_SEC", default_value_t = 0.0)]
     pub ramp: f64,
 
-    /// Seconds of load after the ramp; the run then drains and closes by itself.
+    /// Seconds of load after the ramp, at least 0.1; the run then drains and closes by itself.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     pub duration: f64,
 
